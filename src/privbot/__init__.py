@@ -1,0 +1,3 @@
+"""privbot: privacy-request intake assistant."""
+
+__version__ = "0.1.0"
