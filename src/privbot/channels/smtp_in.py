@@ -1,0 +1,75 @@
+"""SMTP intake: an aiosmtpd handler in front of :func:`privbot.intake.receive_email`.
+
+It refuses recipients other than the privacy address at RCPT (550), lets aiosmtpd
+refuse oversized data (552), and answers ``250`` only after the pipeline's transaction
+has committed.  When the database is unreachable, or anything else goes wrong before
+the message is safely kept, it answers ``451`` so the sending server tries again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from privbot.channels.parse import normalise_address
+from privbot.intake import receive_email
+
+if TYPE_CHECKING:
+    from privbot.app import Services
+
+log = logging.getLogger(__name__)
+
+
+class PrivacyHandler:
+    """Only the two hooks it needs: RCPT (who may be written to) and DATA."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.address = normalise_address(services.settings.privacy_address)
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]) -> str:
+        if normalise_address(address) != self.address:
+            return "550 5.1.1 No such recipient here"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        raw = envelope.original_content if envelope.original_content is not None else envelope.content
+        if isinstance(raw, str):
+            raw = raw.encode("utf-8", "surrogateescape")
+        loop = asyncio.get_running_loop()
+        try:
+            # The pipeline is blocking database work: keep it off the event loop.
+            await loop.run_in_executor(None, lambda: receive_email(self.services, raw, source="smtp"))
+        except Exception as exc:
+            log.warning("SMTP intake deferred a message: %s: %s", type(exc).__name__, str(exc)[:200])
+            return "451 4.3.0 Temporary failure, please try again later"
+        return "250 2.0.0 Message accepted"
+
+
+def _smtp_kwargs(services: Services) -> dict[str, Any]:
+    return {
+        "data_size_limit": services.settings.smtp_max_size,
+        "hostname": services.settings.privacy_address.rpartition("@")[2] or "localhost",
+        "enable_SMTPUTF8": True,
+        "decode_data": False,
+        "ident": "privbot",
+    }
+
+
+async def start_server(services: Services, host: str, port: int) -> asyncio.Server:
+    """Serve SMTP on the running event loop (what ``privbot run`` does)."""
+    handler = PrivacyHandler(services)
+    kwargs = _smtp_kwargs(services)
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(lambda: SMTP(handler, loop=loop, **kwargs), host=host, port=port)
+
+
+def controller(services: Services, host: str = "127.0.0.1", port: int = 0) -> Controller:
+    """A Controller on its own thread (tests and benchmarks)."""
+    kwargs = _smtp_kwargs(services)
+    return Controller(PrivacyHandler(services), hostname=host, port=port, server_hostname=kwargs.pop("hostname"), **kwargs)

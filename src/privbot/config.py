@@ -1,0 +1,175 @@
+"""Settings: a TOML file, overridden by ``PRIVBOT_*`` environment variables.
+
+The defaults give a working service on a bare machine (SQLite under ``./var``, SMTP
+intake on 127.0.0.1:2525, replies into a local Maildir).  A bad value is a
+:class:`ConfigError` whose message names the setting; the CLI turns it into exit 2.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from email_validator import EmailNotValidError, validate_email
+
+
+class ConfigError(Exception):
+    """A setting is missing, malformed or contradictory (exit status 2)."""
+
+
+def _project_dir(name: str) -> Path:
+    """``intents/`` and ``templates/`` sit at the top of the checkout, where a privacy
+    officer edits them; an installed wheel carries a copy inside the package."""
+    here = Path(__file__).resolve()
+    checkout = here.parents[2] / name
+    if checkout.is_dir():
+        return checkout
+    return here.parent / "_data" / name
+
+
+@dataclass
+class Settings:
+    data_dir: Path = Path("./var")
+    database_url: str = ""
+    privacy_address: str = "privacy@localhost"
+    smtp_listen: str = "127.0.0.1:2525"
+    smtp_max_size: int = 10 * 1024 * 1024
+    imap_host: str = ""
+    imap_port: int = 0
+    imap_user: str = ""
+    imap_password: str = ""
+    imap_ssl: str = "tls"  # tls | starttls | plain
+    imap_folder: str = "INBOX"
+    imap_processed_folder: str = "Processed"
+    imap_failed_folder: str = "Failed"
+    smtp_relay: str = ""
+    smtp_relay_user: str = ""
+    smtp_relay_password: str = ""
+    smtp_relay_starttls: bool = False
+    telegram_token: str = ""
+    telegram_api_url: str = ""
+    web_listen: str = "127.0.0.1:8080"
+    web_secret: str = ""
+    public_url: str = ""
+    staff_address: str = ""
+    deadline_days: int = 30
+    legal_clock: str = "default"
+    check_deliverability: bool = False
+    intents_dir: Path = field(default_factory=lambda: _project_dir("intents"))
+    templates_dir: Path = field(default_factory=lambda: _project_dir("templates"))
+    #: below this classifier confidence the requester is asked what they want
+    clarify_below: float = 0.45
+    #: automatic answers one address may receive per day (a burst gets no more)
+    max_auto_replies_per_day: int = 5
+    outbox_interval: float = 2.0
+    log_level: str = "INFO"
+
+    # ---- derived -------------------------------------------------------------
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'privbot.db'}"
+
+    @property
+    def outbox_maildir(self) -> Path:
+        return self.data_dir / "outbox"
+
+    @property
+    def smtp_endpoint(self) -> tuple[str, int] | None:
+        return _host_port("smtp_listen", self.smtp_listen) if self.smtp_listen else None
+
+    @property
+    def web_endpoint(self) -> tuple[str, int] | None:
+        return _host_port("web_listen", self.web_listen) if self.web_listen else None
+
+    @property
+    def relay_endpoint(self) -> tuple[str, int] | None:
+        return _host_port("smtp_relay", self.smtp_relay) if self.smtp_relay else None
+
+
+def _host_port(name: str, value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{name}: expected HOST:PORT, got {value!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+_BOOL = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False, "": False}
+
+
+def _coerce(name: str, kind: Any, value: Any) -> Any:
+    try:
+        if kind in (bool, "bool"):
+            if isinstance(value, bool):
+                return value
+            return _BOOL[str(value).strip().lower()]
+        if kind in (int, "int"):
+            if isinstance(value, bool):
+                raise ValueError
+            return int(value)
+        if kind in (float, "float"):
+            return float(value)
+        if kind in (Path, "Path"):
+            return Path(str(value))
+        return str(value)
+    except (KeyError, ValueError, TypeError):
+        raise ConfigError(f"{name}: not a valid {getattr(kind, '__name__', kind)}: {value!r}") from None
+
+
+def load_settings(config_file: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Defaults, then the TOML file, then ``PRIVBOT_<NAME>`` variables."""
+    env = os.environ if environ is None else environ
+    config_file = config_file or env.get("PRIVBOT_CONFIG") or None
+    values: dict[str, Any] = {}
+    known = {f.name: f for f in fields(Settings)}
+    if config_file:
+        path = Path(config_file)
+        try:
+            with path.open("rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+        for key, value in data.items():
+            if key not in known:
+                raise ConfigError(f"config file {path}: unknown setting {key!r}")
+            values[key] = value
+    for name in known:
+        var = f"PRIVBOT_{name.upper()}"
+        if var in env:
+            values[name] = env[var]
+    settings = Settings()
+    for name, value in values.items():
+        setattr(settings, name, _coerce(f"PRIVBOT_{name.upper()}", known[name].type, value))
+    validate(settings)
+    return settings
+
+
+def validate(s: Settings) -> None:
+    try:
+        validate_email(s.privacy_address, check_deliverability=False, test_environment=True)
+    except EmailNotValidError:
+        # "privacy@localhost" has no dot; accept any local@host with one @ and no spaces.
+        local, at, host = s.privacy_address.partition("@")
+        if not (local and at and host) or any(c.isspace() for c in s.privacy_address):
+            raise ConfigError(f"PRIVBOT_PRIVACY_ADDRESS: not an email address: {s.privacy_address!r}") from None
+    s.privacy_address = s.privacy_address.strip().lower()
+    for name in ("smtp_endpoint", "web_endpoint", "relay_endpoint"):
+        getattr(s, name)  # raises ConfigError on a malformed HOST:PORT
+    if s.deadline_days < 1 or s.deadline_days > 366:
+        raise ConfigError(f"PRIVBOT_DEADLINE_DAYS: must be between 1 and 366, got {s.deadline_days}")
+    if s.smtp_max_size < 1024:
+        raise ConfigError(f"PRIVBOT_SMTP_MAX_SIZE: too small: {s.smtp_max_size}")
+    if s.imap_ssl not in ("tls", "starttls", "plain"):
+        raise ConfigError(f"PRIVBOT_IMAP_SSL: expected tls, starttls or plain, got {s.imap_ssl!r}")
+    if s.imap_host and not s.imap_user:
+        raise ConfigError("PRIVBOT_IMAP_USER: required when PRIVBOT_IMAP_HOST is set")
+    if not s.imap_port:
+        s.imap_port = 993 if s.imap_ssl == "tls" else 143
+    if s.legal_clock not in ("default", "gdpr", "uk", "ccpa", "pdpa"):
+        raise ConfigError(f"PRIVBOT_LEGAL_CLOCK: expected default, gdpr, uk, ccpa or pdpa, got {s.legal_clock!r}")
+    if not 0.0 <= s.clarify_below <= 1.0:
+        raise ConfigError(f"PRIVBOT_CLARIFY_BELOW: must be between 0 and 1, got {s.clarify_below}")

@@ -1,0 +1,266 @@
+"""The pipeline: one Inbound in, one committed decision out.
+
+Every channel calls :func:`intake` and acknowledges its source (SMTP ``250``, IMAP
+move, Telegram offset) only after it returns, because it returns only after its one
+transaction has committed.  Inside that transaction, in order:
+
+1. **dedupe** — the same delivery (by Message-ID, else a hash of the bytes) is a no-op;
+2. **thread** — a reply to one of our messages, or naming ``[PRIV-000042]``, joins its
+   ticket, but only when it comes from that ticket's requester;
+3. **auto-replies and bounces** are recorded and never answered;
+4. **classify** the new text; **open the ticket** with its deadline;
+5. **verify** decides whether a challenge is needed;
+6. **draft** the acknowledgement (or a clarification) and write it to the outbox.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from privbot import audit, clock, deadlines, replies, verify
+from privbot.domain import Classification, Inbound, IntakeResult, Intent, Status, parse_ref
+from privbot.store.models import Draft, Message, OutboxItem, Ticket
+
+if TYPE_CHECKING:
+    from privbot.app import Services
+
+log = logging.getLogger(__name__)
+
+
+def dedupe_key(inbound: Inbound) -> str:
+    if inbound.message_id:
+        return "mid:" + inbound.message_id.strip()[:290]
+    h = hashlib.sha256()
+    h.update(inbound.raw if inbound.raw is not None else f"{inbound.channel}\0{inbound.sender}\0{inbound.subject}\0{inbound.text}".encode())
+    return "sha:" + h.hexdigest()
+
+
+def intake(services: Services, inbound: Inbound, *, classification: Classification | None = None) -> IntakeResult:
+    """Record ``inbound`` and everything it causes, in one transaction."""
+    key = dedupe_key(inbound)
+    with services.db.transaction() as session:
+        if session.scalar(select(Message.id).where(Message.dedupe_key == key)) is None:
+            ticket = find_thread(session, inbound)
+            needs_classification = ticket is None and inbound.auto_reason is None
+        else:
+            needs_classification = False
+    # Classifying is CPU work: do it outside the write transaction so writers don't queue behind it.
+    if needs_classification and classification is None:
+        classification = services.classifier.classify(inbound.text, inbound.subject, str(inbound.channel))
+    try:
+        with services.db.transaction() as session:
+            return _intake(services, session, inbound, key, classification)
+    except IntegrityError:
+        # Another process committed the same delivery between our check and our insert.
+        with services.db.transaction() as session:
+            if session.scalar(select(Message.id).where(Message.dedupe_key == key)) is not None:
+                return IntakeResult("duplicate")
+        raise
+
+
+def _intake(services: Services, session: Session, inbound: Inbound, key: str, classification: Classification | None) -> IntakeResult:
+    existing = session.scalar(select(Message).where(Message.dedupe_key == key))
+    if existing is not None:
+        ref = existing.ticket.ref if existing.ticket else None
+        return IntakeResult("duplicate", ref)
+    now = clock.now()
+    received_at = inbound.received_at or now
+    ticket = find_thread(session, inbound)
+
+    message = Message(
+        ticket_id=ticket.id if ticket else None,
+        direction="in",
+        kind="request",
+        channel=str(inbound.channel),
+        dedupe_key=key,
+        message_id=inbound.message_id[:300],
+        in_reply_to=inbound.in_reply_to[:300],
+        references=list(inbound.references[-20:]),
+        sender=inbound.sender[:320],
+        subject=inbound.subject,
+        body=inbound.body_for_record,
+        new_text=inbound.text,
+        raw=inbound.raw,
+        auto_reason=inbound.auto_reason,
+        created_at=received_at,
+    )
+
+    if inbound.auto_reason:
+        message.kind = "auto_reply"
+        session.add(message)
+        session.flush()
+        audit.record(session, "auto_reply_recorded", ticket_id=ticket.id if ticket else None, message=message.id, reason=inbound.auto_reason)
+        return IntakeResult("auto_reply", ticket.ref if ticket else None, ticket.status_enum if ticket else None, inbound.auto_reason)
+
+    if ticket is not None:
+        message.kind = "reply"
+        session.add(message)
+        session.flush()
+        ticket.updated_at = now
+        audit.record(session, "reply_received", ticket_id=ticket.id, message=message.id)
+        handled = verify.on_reply(services, session, ticket, inbound, message)
+        if handled:
+            return IntakeResult(handled, ticket.ref, ticket.status_enum)
+        if ticket.status == Status.AWAITING_CLARIFICATION:
+            return _clarified(services, session, ticket, inbound)
+        return IntakeResult("threaded", ticket.ref, ticket.status_enum)
+
+    assert classification is not None
+    return _open_ticket(services, session, inbound, message, classification, received_at)
+
+
+def _open_ticket(
+    services: Services, session: Session, inbound: Inbound, message: Message, c: Classification, received_at: object
+) -> IntakeResult:
+    settings = services.settings
+    now = clock.now()
+    is_privacy = c.intent != Intent.OTHER
+    unsure = is_privacy and c.confidence < settings.clarify_below
+    ticket = Ticket(
+        intent=str(c.intent),
+        intents=[str(i) for i in c.intents],
+        confidence=c.confidence,
+        cues=list(c.cues),
+        language=c.language or inbound.language_hint or "en",
+        status=str(Status.RECEIVED if is_privacy else Status.TRIAGE),
+        channel=str(inbound.channel),
+        requester=inbound.sender[:320],
+        requester_name=inbound.sender_name[:200],
+        chat_id=inbound.chat_id,
+        received_at=message.created_at,
+        due_at=deadlines.due_at(settings, message.created_at, settings.legal_clock),
+        legal_clock=settings.legal_clock,
+        updated_at=now,
+    )
+    session.add(ticket)
+    session.flush()
+    message.ticket_id = ticket.id
+    session.add(message)
+    session.flush()
+    audit.record(
+        session,
+        "ticket_opened",
+        ticket_id=ticket.id,
+        channel=ticket.channel,
+        intent=ticket.intent,
+        intents=ticket.intents,
+        confidence=round(c.confidence, 3),
+        cues=list(c.cues)[:10],
+        due_at=ticket.due_at.isoformat(),
+    )
+    if not is_privacy:
+        return IntakeResult("triage", ticket.ref, Status.TRIAGE)
+
+    if not may_auto_reply(session, settings.max_auto_replies_per_day, ticket.requester):
+        audit.record(session, "auto_reply_suppressed", ticket_id=ticket.id, why="too many automatic answers to this requester today")
+        return IntakeResult("opened", ticket.ref, ticket.status_enum, "no acknowledgement: rate limit")
+
+    if unsure:
+        ticket.status = str(Status.AWAITING_CLARIFICATION)
+        draft = replies.create_draft(session, settings, services.renderer, ticket, "clarification", needs_approval=False)
+        replies.enqueue(session, settings, ticket, draft)
+        return IntakeResult("opened", ticket.ref, Status.AWAITING_CLARIFICATION)
+
+    extra = verify.on_new_ticket(services, session, ticket, inbound)
+    draft = replies.create_draft(session, settings, services.renderer, ticket, "acknowledgement", needs_approval=False, **extra)
+    replies.enqueue(session, settings, ticket, draft)
+    return IntakeResult("opened", ticket.ref, ticket.status_enum)
+
+
+def _clarified(services: Services, session: Session, ticket: Ticket, inbound: Inbound) -> IntakeResult:
+    """The requester answered our clarification question: classify the answer."""
+    c = services.classifier.classify(inbound.text, inbound.subject, str(inbound.channel))
+    if c.intent == Intent.OTHER or c.confidence < services.settings.clarify_below:
+        audit.record(session, "clarification_unclear", ticket_id=ticket.id, confidence=round(c.confidence, 3))
+        return IntakeResult("threaded", ticket.ref, ticket.status_enum, "still unclear; left for staff")
+    ticket.intent = str(c.intent)
+    ticket.intents = [str(i) for i in c.intents]
+    ticket.confidence = c.confidence
+    ticket.cues = list(c.cues)
+    ticket.status = str(Status.RECEIVED)
+    audit.record(session, "reclassified", ticket_id=ticket.id, intent=ticket.intent, by="clarification")
+    extra = verify.on_new_ticket(services, session, ticket, inbound)
+    draft = replies.create_draft(session, services.settings, services.renderer, ticket, "acknowledgement", needs_approval=False, **extra)
+    replies.enqueue(session, services.settings, ticket, draft)
+    return IntakeResult("clarified", ticket.ref, ticket.status_enum)
+
+
+def find_thread(session: Session, inbound: Inbound) -> Ticket | None:
+    """The ticket this message continues, if it comes from that ticket's requester.
+
+    A reference in the subject (or, failing that, the text) or an In-Reply-To /
+    References naming one of privbot's own Message-IDs joins the ticket.  A stranger
+    quoting someone else's reference starts a ticket of their own instead: nobody can
+    add to, or verify, another person's request.
+    """
+    candidates: list[int] = []
+    for text in (inbound.subject, inbound.text):
+        ref = parse_ref(text)
+        if ref is not None:
+            candidates.append(ref)
+    ids = [i for i in (inbound.in_reply_to, *inbound.references) if i]
+    if ids:
+        rows = session.scalars(
+            select(Message.ticket_id).where(Message.direction == "out", Message.message_id.in_(ids[-20:]), Message.ticket_id.is_not(None))
+        )
+        candidates.extend(t for t in rows if t is not None)
+    for ticket_id in candidates:
+        ticket = session.get(Ticket, ticket_id)
+        if ticket is not None and _same_requester(ticket, inbound):
+            return ticket
+    return None
+
+
+def _same_requester(ticket: Ticket, inbound: Inbound) -> bool:
+    if inbound.chat_id is not None and ticket.chat_id is not None:
+        return inbound.chat_id == ticket.chat_id
+    return bool(inbound.sender) and ticket.requester == inbound.sender
+
+
+def may_auto_reply(session: Session, limit: int, recipient: str) -> bool:
+    """At most ``limit`` automatic messages to one address per day, so a burst or a
+    loop with another robot never makes privbot a spam cannon."""
+    since = clock.now() - timedelta(days=1)
+    sent = session.scalar(
+        select(func.count(OutboxItem.id))
+        .join(Draft, Draft.id == OutboxItem.draft_id)
+        .where(OutboxItem.recipient == recipient, OutboxItem.created_at >= since, Draft.needs_approval.is_(False))
+    )
+    return (sent or 0) < limit
+
+
+def receive_email(services: Services, raw: bytes, *, source: str = "smtp", shunt_on_failure: bool = True) -> IntakeResult | None:
+    """The mail channels' one entry point: bytes in, committed result out.
+
+    Bytes that cannot be parsed, or that make the pipeline fail for a reason other than
+    the database being unreachable, are kept in the shunt (and count as accepted: the
+    sender must not retry a message that will fail the same way).  When the database is
+    down the exception propagates, so the channel answers "try again later".
+    """
+    from privbot import shunt
+    from privbot.channels.parse import UnparseableMessage, parse_email
+    from privbot.store.db import DatabaseUnavailable
+
+    try:
+        inbound = parse_email(raw, received_at=clock.now())
+        return intake(services, inbound)
+    except DatabaseUnavailable:
+        raise
+    except UnparseableMessage as exc:
+        if not shunt_on_failure:
+            return None
+        shunt.keep(services, raw, f"unparseable: {exc}", source=source)
+        return IntakeResult("shunted", detail=str(exc))
+    except Exception as exc:
+        log.exception("pipeline failed on a message from %s", source)
+        if not shunt_on_failure:
+            return None
+        shunt.keep(services, raw, f"{type(exc).__name__}: {exc}", source=source)
+        return IntakeResult("shunted", detail=type(exc).__name__)

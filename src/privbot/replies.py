@@ -1,0 +1,255 @@
+"""Drafting replies from templates, approving them, and putting them in the outbox.
+
+Templates live in ``templates/<name>/<lang>.subject|.txt|.html`` where a privacy officer
+edits them.  They run in Jinja2's sandbox with StrictUndefined; HTML is autoescaped.
+Text from a message is only ever a *value* handed to a template, never template source,
+so ``{{ 7*7 }}`` written by a requester stays those characters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from jinja2 import FileSystemLoader, StrictUndefined, TemplateNotFound, select_autoescape
+from jinja2.sandbox import SandboxedEnvironment
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from privbot import audit, clock
+from privbot.channels.mail_out import build_email, header_safe, new_message_id
+from privbot.config import Settings
+from privbot.domain import Channel, Status
+from privbot.store.models import Draft, Message, OutboxItem, Ticket
+
+DEFAULT_LANGUAGE = "en"
+
+
+@dataclass(frozen=True)
+class Rendered:
+    subject: str
+    text: str
+    html: str
+    language: str
+
+
+class Renderer:
+    def __init__(self, templates_dir: Path) -> None:
+        self.dir = templates_dir
+        self.env = SandboxedEnvironment(
+            loader=FileSystemLoader(str(templates_dir)),
+            autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False),
+            undefined=StrictUndefined,
+            keep_trailing_newline=True,
+        )
+        self.env.filters["date"] = _format_date
+
+    def languages(self, name: str) -> list[str]:
+        folder = self.dir / name
+        return sorted(p.name.split(".")[0] for p in folder.glob("*.txt")) if folder.is_dir() else []
+
+    def pick_language(self, name: str, wanted: str) -> str:
+        available = self.languages(name)
+        if wanted in available:
+            return wanted
+        if DEFAULT_LANGUAGE in available:
+            return DEFAULT_LANGUAGE
+        if not available:
+            raise TemplateNotFound(f"{name}/*.txt")
+        return available[0]
+
+    def render(self, name: str, language: str, **context: Any) -> Rendered:
+        lang = self.pick_language(name, language)
+        ctx = {"lang": lang, **context}
+        subject = header_safe(self.env.get_template(f"{name}/{lang}.subject").render(ctx), 500)
+        text = self.env.get_template(f"{name}/{lang}.txt").render(ctx)
+        try:
+            html = self.env.get_template(f"{name}/{lang}.html").render(ctx)
+        except TemplateNotFound:
+            html = ""
+        return Rendered(subject, text, html, lang)
+
+
+def _format_date(value: datetime, lang: str = "en") -> str:
+    if lang in ("zh", "ja"):
+        return f"{value.year}年{value.month}月{value.day}日"
+    return value.strftime("%d %B %Y") if lang == "en" else value.strftime("%Y-%m-%d")
+
+
+def with_ref(subject: str, ref: str) -> str:
+    """Every reply carries ``[PRIV-000042]`` in its subject so answers thread back."""
+    tag = f"[{ref}]"
+    return subject if tag in subject else f"{tag} {subject}".strip()
+
+
+def base_context(settings: Settings, ticket: Ticket) -> dict[str, Any]:
+    return {
+        "ref": ticket.ref,
+        "intent": ticket.intent,
+        "intents": list(ticket.intents or [ticket.intent]),
+        "due_at": ticket.due_at,
+        "received_at": ticket.received_at,
+        "requester_name": ticket.requester_name,
+        "privacy_address": settings.privacy_address,
+        "channel": ticket.channel,
+    }
+
+
+def create_draft(
+    session: Session,
+    settings: Settings,
+    renderer: Renderer,
+    ticket: Ticket,
+    kind: str,
+    *,
+    template: str | None = None,
+    needs_approval: bool = True,
+    **context: Any,
+) -> Draft:
+    rendered = renderer.render(template or kind, ticket.language, **base_context(settings, ticket), **context)
+    draft = Draft(
+        ticket_id=ticket.id,
+        kind=kind,
+        intent=ticket.intent,
+        language=rendered.language,
+        subject=with_ref(rendered.subject, ticket.ref),
+        text=rendered.text,
+        html=rendered.html,
+        status="pending" if needs_approval else "approved",
+        needs_approval=needs_approval,
+        created_at=clock.now(),
+    )
+    session.add(draft)
+    session.flush()
+    audit.record(session, "draft_created", ticket_id=ticket.id, draft_id=draft.id, kind=kind, needs_approval=needs_approval)
+    return draft
+
+
+def last_inbound(session: Session, ticket: Ticket) -> Message | None:
+    return session.scalar(
+        select(Message)
+        .where(Message.ticket_id == ticket.id, Message.direction == "in", Message.auto_reason.is_(None))
+        .order_by(Message.id.desc())
+        .limit(1)
+    )
+
+
+def enqueue(session: Session, settings: Settings, ticket: Ticket, draft: Draft) -> list[OutboxItem]:
+    """Write the draft to the outbox (and the thread) in the caller's transaction.
+
+    Email answers go to the ticket's requester — the ``From`` of the request, never
+    ``Reply-To`` — threaded onto the last message they sent.  Chat tickets get the
+    answer in the chat and, where the address is verified, by mail too.
+    """
+    items: list[OutboxItem] = []
+    now = clock.now()
+    answering = last_inbound(session, ticket)
+    if ticket.chat_id is not None:
+        items.append(
+            OutboxItem(
+                ticket_id=ticket.id,
+                draft_id=draft.id,
+                channel=Channel.TELEGRAM,
+                recipient=str(ticket.chat_id),
+                subject=draft.subject,
+                payload=draft.text.encode("utf-8"),
+                next_attempt_at=now,
+                created_at=now,
+            )
+        )
+    if "@" in ticket.requester and (ticket.channel == Channel.EMAIL or ticket.verified):
+        message_id = new_message_id(settings.privacy_address)
+        refs = list(answering.references or []) if answering else []
+        if answering and answering.message_id:
+            refs.append(answering.message_id)
+        payload = build_email(
+            sender=settings.privacy_address,
+            to=ticket.requester,
+            subject=draft.subject,
+            text=draft.text,
+            html=draft.html,
+            message_id=message_id,
+            in_reply_to=answering.message_id if answering else "",
+            references=refs,
+        )
+        items.append(
+            OutboxItem(
+                ticket_id=ticket.id,
+                draft_id=draft.id,
+                channel=Channel.EMAIL,
+                recipient=ticket.requester,
+                message_id=message_id,
+                subject=draft.subject,
+                payload=payload,
+                next_attempt_at=now,
+                created_at=now,
+            )
+        )
+        session.add(
+            Message(
+                ticket_id=ticket.id,
+                direction="out",
+                kind=draft.kind,
+                channel=Channel.EMAIL,
+                message_id=message_id,
+                in_reply_to=answering.message_id if answering else "",
+                references=refs,
+                sender=settings.privacy_address,
+                recipient=ticket.requester,
+                subject=draft.subject,
+                body=draft.text,
+                created_at=now,
+            )
+        )
+    elif ticket.chat_id is not None:
+        session.add(
+            Message(
+                ticket_id=ticket.id,
+                direction="out",
+                kind=draft.kind,
+                channel=Channel.TELEGRAM,
+                sender=settings.privacy_address,
+                recipient=str(ticket.chat_id),
+                subject=draft.subject,
+                body=draft.text,
+                created_at=now,
+            )
+        )
+    for item in items:
+        session.add(item)
+    draft.status = "sent"
+    session.flush()
+    audit.record(session, "queued", ticket_id=ticket.id, draft_id=draft.id, kind=draft.kind, outbox=[i.id for i in items])
+    return items
+
+
+class ApprovalError(Exception):
+    """The draft cannot be approved (wrong state, or four-eyes rule)."""
+
+
+#: rights whose answer changes or destroys data: the approver must not be its editor
+FOUR_EYES = frozenset({"deletion", "cancellation"})
+
+
+def approve(session: Session, settings: Settings, ticket: Ticket, staff_email: str) -> Draft:
+    """Approve the ticket's pending draft and send it (via the outbox)."""
+    draft = session.scalar(
+        select(Draft).where(Draft.ticket_id == ticket.id, Draft.status == "pending").order_by(Draft.id.desc()).limit(1)
+    )
+    if draft is None:
+        raise ApprovalError(f"{ticket.ref} has no draft waiting for approval")
+    if ticket.intent in FOUR_EYES and draft.edited_by and draft.edited_by == staff_email:
+        raise ApprovalError(f"{ticket.ref}: a {ticket.intent} answer needs a second person; {staff_email} edited this draft")
+    now = clock.now()
+    draft.status = "approved"
+    draft.approved_by = staff_email
+    draft.approved_at = now
+    audit.record(session, "approved", actor=staff_email, ticket_id=ticket.id, draft_id=draft.id)
+    enqueue(session, settings, ticket, draft)
+    if draft.kind == "answer":
+        ticket.status = Status.ANSWERED
+        ticket.answered_at = now
+    ticket.updated_at = now
+    return draft

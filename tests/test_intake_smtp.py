@@ -1,0 +1,172 @@
+"""The spine end to end over real sockets: smtplib → aiosmtpd → intake() → outbox."""
+
+from __future__ import annotations
+
+import smtplib
+from datetime import timedelta
+from email.message import EmailMessage
+
+import pytest
+from sqlalchemy import func, select
+
+from privbot import outbox
+from privbot.app import Services
+from privbot.scheduler import transports_for
+from privbot.store.models import Message, OutboxItem, Shunted, Ticket
+from tests.support import make_mail, outbox_messages, reply_to, send
+
+
+def tickets(services: Services) -> list[Ticket]:
+    with services.db.transaction() as s:
+        return list(s.scalars(select(Ticket).order_by(Ticket.id)))
+
+
+def deliver(services: Services) -> list[EmailMessage]:
+    outbox.deliver_due(services.db, transports_for(services))
+    return outbox_messages(services.settings.data_dir)
+
+
+def test_deletion_request_opens_ticket_due_in_30_days_and_is_acknowledged(services: Services, smtp_port: int) -> None:
+    request = make_mail("Please delete all the personal information you hold about me.")
+    send(smtp_port, request)
+
+    [ticket] = tickets(services)
+    assert ticket.intent == "deletion"
+    assert ticket.requester == "alice@example.org"
+    assert ticket.due_at - ticket.received_at == timedelta(days=30)
+    [ack] = deliver(services)
+    assert f"[{ticket.ref}]" in ack["Subject"]
+    assert ack["In-Reply-To"] == request["Message-ID"]
+    assert request["Message-ID"] in ack["References"]
+    assert ack["To"] == "alice@example.org"
+    assert ack["From"] == "privacy@example.com"
+    assert ack["Message-ID"] and ack["Message-ID"] != request["Message-ID"]
+    assert ack["Auto-Submitted"] == "auto-replied"
+
+
+def test_duplicate_delivery_opens_no_second_ticket(services: Services, smtp_port: int) -> None:
+    request = make_mail()
+    send(smtp_port, request)
+    send(smtp_port, request)
+    assert len(tickets(services)) == 1
+    assert len(deliver(services)) == 1
+
+
+def test_message_without_message_id_is_deduplicated_by_its_bytes(services: Services, smtp_port: int) -> None:
+    raw = b"From: bob@example.org\r\nTo: privacy@example.com\r\nSubject: data\r\n\r\nPlease send me a copy of all my personal data.\r\n"
+    send(smtp_port, raw, sender="bob@example.org")
+    send(smtp_port, raw, sender="bob@example.org")
+    assert len(tickets(services)) == 1
+
+
+def test_reply_to_acknowledgement_lands_on_same_ticket(services: Services, smtp_port: int) -> None:
+    send(smtp_port, make_mail())
+    [ack] = deliver(services)
+    send(smtp_port, reply_to(ack, "Also, my old address is 12 Main St."))
+    [ticket] = tickets(services)
+    with services.db.transaction() as s:
+        kinds = [m.kind for m in s.scalars(select(Message).where(Message.ticket_id == ticket.id).order_by(Message.id))]
+    assert kinds == ["request", "acknowledgement", "reply"]
+
+
+def test_reference_in_subject_threads_only_for_the_same_requester(services: Services, smtp_port: int) -> None:
+    send(smtp_port, make_mail())
+    [ticket] = tickets(services)
+    send(smtp_port, make_mail("Here is more detail about my request.", subject=f"Re: [{ticket.ref}] request"))
+    assert len(tickets(services)) == 1
+    # A stranger quoting Alice's reference does not get onto Alice's ticket.
+    send(smtp_port, make_mail("Please delete my data too.", sender="mallory@example.net", subject=f"[{ticket.ref}]"), sender="mallory@example.net")
+    all_tickets = tickets(services)
+    assert len(all_tickets) == 2
+    assert all_tickets[1].requester == "mallory@example.net"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Auto-Submitted": "auto-replied"},
+        {"Precedence": "bulk"},
+        {"X-Autoreply": "yes"},
+        {"X-Auto-Response-Suppress": "All"},
+        {"List-Id": "<news.example.org>"},
+    ],
+    ids=lambda h: next(iter(h)),
+)
+def test_auto_reply_gets_no_ticket_and_no_answer(services: Services, smtp_port: int, headers: dict[str, str]) -> None:
+    send(smtp_port, make_mail("I am out of the office until Monday. Please delete my data.", subject="Out of office", headers=headers))
+    assert tickets(services) == []
+    assert deliver(services) == []
+    with services.db.transaction() as s:
+        assert s.scalar(select(func.count(Message.id)).where(Message.kind == "auto_reply")) == 1
+
+
+def test_bounce_from_mailer_daemon_gets_no_answer(services: Services, smtp_port: int) -> None:
+    bounce = make_mail(
+        "Delivery to the following recipient failed permanently:\n\n  alice@example.org\n\n> Please delete my data",
+        sender="MAILER-DAEMON@mx.example.org",
+        subject="Delivery Status Notification (Failure)",
+    )
+    send(smtp_port, bounce, sender="")
+    assert tickets(services) == []
+    assert deliver(services) == []
+
+
+def test_out_of_office_reply_on_a_ticket_is_recorded_but_not_answered(services: Services, smtp_port: int) -> None:
+    send(smtp_port, make_mail())
+    [ack] = deliver(services)
+    ooo = reply_to(ack, "I am away until next week.")
+    ooo["Auto-Submitted"] = "auto-replied"
+    send(smtp_port, ooo)
+    assert len(deliver(services)) == 1  # still only the acknowledgement
+    with services.db.transaction() as s:
+        assert s.scalar(select(func.count(OutboxItem.id))) == 1
+
+
+def test_support_question_becomes_triage_without_automatic_answer(services: Services, smtp_port: int) -> None:
+    send(smtp_port, make_mail("My invoice shows the wrong VAT number, who can help with billing?", subject="Invoice"))
+    [ticket] = tickets(services)
+    assert ticket.status == "triage"
+    assert deliver(services) == []
+
+
+def test_other_recipient_is_refused_at_rcpt(services: Services, smtp_port: int) -> None:
+    with smtplib.SMTP("127.0.0.1", smtp_port) as smtp:
+        smtp.ehlo()
+        smtp.mail("alice@example.org")
+        code, _ = smtp.rcpt("sales@example.com")
+    assert code == 550
+    assert tickets(services) == []
+
+
+def test_oversized_message_is_refused_with_552(services: Services, smtp_port: int) -> None:
+    big = make_mail(("x" * 70 + "\n") * (services.settings.smtp_max_size // 70 + 200))
+    # A client that announces SIZE is refused at MAIL FROM ...
+    with pytest.raises(smtplib.SMTPSenderRefused) as refused:
+        send(smtp_port, big)
+    assert refused.value.smtp_code == 552
+    # ... and one that does not is refused after DATA.
+    with smtplib.SMTP("127.0.0.1", smtp_port) as smtp:
+        smtp.ehlo()
+        smtp.mail("alice@example.org")
+        smtp.rcpt("privacy@example.com")
+        code, _ = smtp.data(b"From: alice@example.org\r\nSubject: big\r\n\r\n" + (b"x" * 70 + b"\r\n") * (services.settings.smtp_max_size // 70 + 200))
+    assert code == 552
+    assert tickets(services) == []
+
+
+def test_database_unreachable_answers_451_so_the_sender_retries(services: Services, smtp_port: int) -> None:
+    from privbot.store.db import Database
+
+    services.db = Database("postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=1")
+    with pytest.raises(smtplib.SMTPDataError) as err:
+        send(smtp_port, make_mail())
+    assert err.value.smtp_code == 451
+
+
+def test_unparseable_bytes_are_kept_for_rerun(services: Services, smtp_port: int) -> None:
+    send(smtp_port, b"\x00\x01\x02 not a mail at all \xff\xfe")
+    with services.db.transaction() as s:
+        kept = list(s.scalars(select(Shunted)))
+    assert len(kept) == 1
+    assert kept[0].raw.startswith(b"\x00\x01\x02")
+    assert tickets(services) == []
