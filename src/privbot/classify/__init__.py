@@ -163,11 +163,32 @@ _NEG_AFTER = re.compile(
 )
 
 
+# Chinese negates with a bare 不/别/没 right before the verb ("账号不注销"): a short window.
+_NEG_BEFORE_ZH = re.compile(r"(不|(?<![识区特分类级告性])别|勿|没|未)[^，。！？；,\n]{0,3}$")
+# A cue can span the negation itself: "账号不要注销", "account, don't close".
+_NEG_INSIDE = re.compile(r"(不要|不用|不想|不需要|不必|(?:不|别|勿)(?=[注删关停销取撤])|しないで|しません|\bdon'?t\b|\bdo not\b|\bnot\b|\bnicht\b|\bpas\b|\bnão\b)", re.I)
+
+
 def _negated(text: str, start: int, end: int) -> bool:
-    return bool(_NEG_BEFORE.search(text[max(0, start - 40) : start]) or _NEG_AFTER.search(text[end : end + 12]))
+    before = text[max(0, start - 40) : start]
+    return bool(
+        _NEG_BEFORE.search(before)
+        or _NEG_BEFORE_ZH.search(before[-6:])
+        or _NEG_AFTER.search(text[end : end + 12])
+        or _NEG_INSIDE.search(text[start:end])
+    )
 
 
 # --------------------------------------------------------------------------- clauses
+
+# What the person already did is context, not a request ("I closed my account in
+# January, but you still email me").
+_NARRATIVE = re.compile(
+    r"(^|\b)(i|we)\s+(already\s+|have\s+|had\s+|'ve\s+|just\s+)?(closed|cancell?ed|deleted|deactivated|unsubscribed|signed\s+up|opted|removed|asked|requested|used|got)\b"
+    r"|\b(i'?ve|we'?ve)\s+(already\s+)?\w+ed\b|已经.{0,8}了|之前.{0,10}(过|了)|済み|しました"
+    r"|\bhabe\b.{0,30}\b(ge\w+t|gelöscht)\b|\bj'ai\s+(déjà\s+)?\w+é\b|\bya\s+\w+é\b|\bjá\s+\w+ei\b",
+    re.I,
+)
 
 _CLAUSE_SPLIT = re.compile(
     r"(?<=[.!?。！？；;])\s+|[。！？；;\n]+|\s*[,，]?\s*\b(?:and then|and also|and|also|plus|as well as|then|but|afterwards)\b\s+"
@@ -342,7 +363,9 @@ class Classifier:
             if cache_file:
                 _write_atomically(cache_file, pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL))
         self = cls(specs, model, key)
-        _lingua()  # build the (small) detector now rather than on the first message
+        # lingua loads its n-gram models on first use (~0.7 s): pay that now, not on
+        # the first message a channel hands over.
+        _lingua().detect_language_of("warm up the language models")
         self.ready_seconds = time.perf_counter() - t0
         self.from_cache = from_cache
         return self
@@ -380,21 +403,23 @@ class Classifier:
         lang = detect_language(new if len(_LETTERS.findall(new)) >= 3 else f"{subject}\n{new}")
         return body, new, subject, lang
 
-    def _cue_hits(self, text: str) -> list[_Hit]:
+    def _cue_hits(self, text: str) -> tuple[list[_Hit], list[_Hit]]:
+        """Every match of every (non-override) cue in text order: ``(wanted, negated)``."""
         hits: list[_Hit] = []
+        negated: list[_Hit] = []
         for cue in self.cues:
+            if cue.override:
+                continue
             for m in cue.pattern.finditer(text):
                 if m.end() == m.start():
                     continue
-                if not cue.override and _negated(text, m.start(), m.end()):
-                    continue
-                hits.append(_Hit(cue, m.start(), m.end(), m.group(0)))
-                break
-        return hits
+                hit = _Hit(cue, m.start(), m.end(), m.group(0))
+                (negated if _negated(text, m.start(), m.end()) else hits).append(hit)
+        hits.sort(key=lambda h: h.start)
+        return hits, negated
 
     def _decide(self, prep: tuple[str, str, str, str], p: np.ndarray, clauses: list[tuple[int, str, np.ndarray]]) -> Classification:
         body, new, subject, lang = prep
-        cues_out: list[str] = []
         # Overrides see the raw subject too: "Automatic reply: ...", "Undelivered Mail ...".
         override_text = f"{subject}\n{new[:400]}"
         for cue in self.cues:
@@ -403,44 +428,54 @@ class Classifier:
                 if m:
                     return Classification(Intent.OTHER, (Intent.OTHER,), 0.99, lang, (f'other: "{m.group(0).strip()}" (override)',))
 
-        hits = self._cue_hits(body)
-        boost = np.zeros(len(INTENT_ORDER))
-        for h in hits:
-            j = INTENT_ORDER.index(h.cue.intent)
-            boost[j] = max(boost[j], h.cue.weight)
+        # Cues are matched once on the whole text; a clause sees the hits inside it.
+        hits, negated = self._cue_hits(body)
+        shift = len(body) - len(new)  # body = subject line + new text
+        boost = _boost(hits, negated)
         score = np.log(p + 1e-4) + boost
         conf = _softmax(score[None, :])[0]
-        order = np.argsort(-score)
-        primary = INTENT_ORDER[int(order[0])]
+        primary = INTENT_ORDER[int(np.argmax(score))]
 
         # Secondary intents: a clause whose own best intent differs from the primary.
-        found: dict[Intent, int] = {}
+        # ``seen`` records where each intent is first asked for, to order them.
+        seen: dict[Intent, int] = {}
+        backed: set[Intent] = {i for i in INTENT_ORDER if boost[INTENT_ORDER.index(i)] > 0}
+        cues_out: list[str] = []
         for off, clause, cp in clauses:
-            chits = self._cue_hits(clause)
-            cboost = np.zeros(len(INTENT_ORDER))
-            for h in chits:
-                j = INTENT_ORDER.index(h.cue.intent)
-                cboost[j] = max(cboost[j], h.cue.weight)
+            lo, hi = off + shift, off + shift + len(clause)
+            cneg = [h for h in negated if h.start >= lo and h.end <= hi + 1]
+            cboost = _boost([h for h in hits if h.start >= lo and h.end <= hi + 1], cneg)
             cscore = np.log(cp + 1e-4) + cboost
             cprob = _softmax(cscore[None, :])[0]
             j = int(np.argmax(cscore))
             it = INTENT_ORDER[j]
-            if it in (Intent.OTHER, primary) or it in found:
+            if it is Intent.OTHER or it in seen:
                 continue
-            backed = cboost[j] > 0
-            if (backed and cprob[j] >= self.SECONDARY_WITH_CUE) or cprob[j] >= self.SECONDARY_MODEL_ONLY:
-                found[it] = off
+            if any(h.cue.intent is it for h in cneg):
+                continue  # "账号不注销", "don't close my account": the clause rules it out
+            if it is primary:
+                seen[it] = off
+                continue
+            if (cboost[j] > 0 and cprob[j] >= self.SECONDARY_WITH_CUE) or cprob[j] >= self.SECONDARY_MODEL_ONLY:
+                if cboost[j] <= 0 and _NARRATIVE.search(clause):
+                    continue  # "I closed my account in January": a story, not a request
+                seen[it] = off
                 cues_out.append(f'{it}: clause "{clause[:60]}"')
-        if primary is Intent.OTHER and found:
-            # A clear request inside a message the model found vague still is a request.
-            first = min(found, key=found.get)
-            if conf[INTENT_ORDER.index(first)] > 0.15:
-                primary = first
-                del found[first]
-        secondaries = tuple(sorted(found, key=found.get))
+        seen.setdefault(primary, -1)
+        if len(seen) > 1:
+            # Several requests: closing the account is the one that shapes the ticket
+            # (the others become steps before it); otherwise the first one asked for leads.
+            if Intent.CANCELLATION in seen and Intent.CANCELLATION in backed:
+                primary = Intent.CANCELLATION
+            elif primary is Intent.OTHER or seen[primary] >= 0:
+                firsts = sorted((o, INTENT_ORDER.index(i), i) for i, o in seen.items() if o >= 0 and i is not Intent.OTHER)
+                if firsts and (primary is not Intent.OTHER or conf[INTENT_ORDER.index(firsts[0][2])] > 0.15):
+                    primary = firsts[0][2]
+        secondaries = tuple(i for _, _, i in sorted((o, INTENT_ORDER.index(i), i) for i, o in seen.items()) if i is not primary and i is not Intent.OTHER)
         for h in hits:
             if h.cue.intent == primary:
                 cues_out.insert(0, f'{primary}: "{h.text.strip()[:60]}"')
+                break
         cues_out.append(f"model: {primary} {float(p[INTENT_ORDER.index(primary)]):.2f}")
         return Classification(
             primary,
@@ -449,6 +484,27 @@ class Classifier:
             lang,
             tuple(cues_out),
         )
+
+
+def _boost(hits: list[_Hit], negated: list[_Hit] = ()) -> np.ndarray:
+    """Per intent, the strongest cue found (several weak cues do not add up to certainty).
+
+    An intent that is only ever mentioned negated ("don't close my account") is pushed
+    down, since the person has said explicitly that they do not want it.
+    """
+    b = np.zeros(len(INTENT_ORDER))
+    for h in hits:
+        j = INTENT_ORDER.index(h.cue.intent)
+        if h.cue.weight > b[j]:
+            b[j] = h.cue.weight
+    for h in negated:
+        j = INTENT_ORDER.index(h.cue.intent)
+        if b[j] <= 0:
+            b[j] = min(b[j], -NEGATION_PENALTY * h.cue.weight)
+    return b
+
+
+NEGATION_PENALTY = 0.75
 
 
 def _sklearn_version() -> str:
