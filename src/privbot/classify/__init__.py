@@ -47,7 +47,7 @@ __all__ = ["Classifier", "default_intents_dir", "detect_language"]
 log = logging.getLogger(__name__)
 
 #: Bump when features, augmentation or scoring change, so stale caches are not reused.
-MODEL_VERSION = "privbot-classify-1"
+MODEL_VERSION = "privbot-classify-2"
 
 INTENT_ORDER: tuple[Intent, ...] = (
     Intent.ACCESS,
@@ -284,8 +284,8 @@ def _train(specs: list[IntentSpec]) -> _Model:
 
     texts, labels = _training_set(specs)
     norm = [_normalise(t[:_MAX_CHARS]) for t in texts]
-    # char_wb 1-4: works without word boundaries (Chinese, Japanese) and with typos.
-    char_vec = TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 4), sublinear_tf=True, min_df=1, max_features=120_000)
+    # char_wb 2-4 (unigrams cost speed and add nothing): works without word boundaries (Chinese, Japanese) and with typos.
+    char_vec = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), sublinear_tf=True, min_df=1, max_features=120_000)
     # word 1-2 with negation marks: "not_close" must not look like "close".
     word_vec = TfidfVectorizer(analyzer="word", ngram_range=(1, 2), sublinear_tf=True, token_pattern=r"(?u)\b\w[\w']*\b")
     X = hstack([char_vec.fit_transform(norm), word_vec.fit_transform([_mark_negation(t) for t in norm])]).tocsr()
