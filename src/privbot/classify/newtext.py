@@ -19,7 +19,7 @@ import re
 # clients wrap long headers, so callers also try a line joined with the next one.
 _REPLY_HEADER = re.compile(
     r"""^(
-        (on|am|le|el|em|il|op)\s.{4,200}(wrote|schrieb|a\s+écrit|escribió|escreveu|ha\s+scritto|schreef)\s*:?
+        (on|am|le|el|em|il|op)\s.{4,200}(wrote|schrieb|a\s+écrit|escribió|escreveu|ha\s+scritto|schreef)(\s*:?|\s.{0,120}:)
       | .{0,120}(wrote|schrieb|a\s+écrit|escribió|escreveu)\s*:
       | 在\s*.{2,200}写道\s*[:：]?
       | .{2,200}於\s*.{2,200}寫道\s*[:：]?

@@ -1,0 +1,167 @@
+"""Behaviour of the intent classifier: the hard cases, in several languages.
+
+The model is trained once per test session (about a second) from the real intents/.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from privbot.classify import Classifier, default_intents_dir
+from privbot.domain import Intent
+
+
+@pytest.fixture(scope="module")
+def clf(tmp_path_factory: pytest.TempPathFactory) -> Classifier:
+    return Classifier.load(cache_dir=tmp_path_factory.mktemp("cache"))
+
+
+def intent(clf: Classifier, text: str, subject: str = "") -> Intent:
+    return clf.classify(text, subject).intent
+
+
+def test_default_intents_dir_is_the_repository_folder() -> None:
+    assert (default_intents_dir() / "access.toml").exists()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "don't close my account, just fix my email",
+        "账号不要注销，只要把邮箱改一下",
+        "Bitte nicht das Konto löschen, nur meine E-Mail-Adresse korrigieren.",
+    ],
+)
+def test_dont_close_account_just_fix_email_is_correction(clf: Classifier, text: str) -> None:
+    assert intent(clf, text) is Intent.CORRECTION
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "cancel my Pro subscription, I don't want to be billed again. keep the free account",
+        "I want a refund for last month",
+        "请帮我取消自动续费，账号保留",
+        "Ich möchte mein Premium-Abo kündigen, das Konto behalte ich.",
+    ],
+)
+def test_cancelling_a_paid_plan_or_refund_is_billing_other(clf: Classifier, text: str) -> None:
+    assert intent(clf, text) is Intent.OTHER
+
+
+@pytest.mark.parametrize("text", ["unsubscribe me", "退订", "désabonnez-moi de la newsletter", "メルマガの配信を停止して"])
+def test_unsubscribe_is_withdrawal(clf: Classifier, text: str) -> None:
+    assert intent(clf, text) is Intent.WITHDRAWAL
+
+
+@pytest.mark.parametrize("text", ["close my account", "注销账号", "quiero eliminar mi cuenta", "退会したいです"])
+def test_close_my_account_is_cancellation(clf: Classifier, text: str) -> None:
+    assert intent(clf, text) is Intent.CANCELLATION
+
+
+@pytest.mark.parametrize("text", ["delete my data but keep the account", "删除我的个人信息，账号保留", "apaguem meus dados mas mantenham a conta"])
+def test_delete_data_keep_account_is_deletion(clf: Classifier, text: str) -> None:
+    assert intent(clf, text) is Intent.DELETION
+
+
+def test_close_account_and_erase_everything_has_deletion_as_secondary(clf: Classifier) -> None:
+    c = clf.classify("Please close my account and erase all the personal data you hold about me.")
+    assert c.intent is Intent.CANCELLATION
+    assert Intent.DELETION in c.intents[1:]
+
+
+def test_secondary_intents_in_chinese(clf: Classifier) -> None:
+    c = clf.classify("注销我的账号，并且把我的数据都删干净")
+    assert c.intents[0] is Intent.CANCELLATION and Intent.DELETION in c.intents
+
+
+def test_quoted_request_under_a_bounce_does_not_decide(clf: Classifier) -> None:
+    body = (
+        "This is the mail system at host mx.example.net.\n\n"
+        "I'm sorry to have to inform you that your message could not be delivered.\n\n"
+        "----- Original message -----\nFrom: a@example.com\nSubject: delete my account\n\nPlease delete my account."
+    )
+    assert intent(clf, body, "Undelivered Mail Returned to Sender") is Intent.OTHER
+
+
+def test_auto_reply_is_other(clf: Classifier) -> None:
+    assert intent(clf, "I am out of the office until Monday.", "Automatic reply: Please delete my data") is Intent.OTHER
+
+
+def test_quoted_earlier_request_does_not_decide_a_thank_you(clf: Classifier) -> None:
+    body = "Great, thanks a lot!\n\nOn Tue, 3 Jun 2025 at 10:00, Privacy Team <privacy@example.com> wrote:\n> Please delete my account and all data."
+    assert intent(clf, body, "Re: your request") is Intent.OTHER
+
+
+def test_legal_disclaimer_does_not_decide(clf: Classifier) -> None:
+    body = (
+        "Please send me a copy of my personal data.\n\n"
+        "CONFIDENTIALITY NOTICE: This email and any attachments are confidential. If you are not the intended "
+        "recipient, please delete this message and notify the sender. Do not unsubscribe others."
+    )
+    c = clf.classify(body)
+    assert c.intent is Intent.ACCESS and c.intents == (Intent.ACCESS,)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "How long do you keep connection logs after an account is closed?",
+        "Do you sell user data? just curious",
+        "你们的数据存储在境内还是境外？",
+    ],
+)
+def test_question_about_the_policy_that_requests_nothing_is_other(clf: Classifier, text: str) -> None:
+    assert intent(clf, text) is Intent.OTHER
+
+
+@pytest.mark.parametrize(
+    "text,lang",
+    [("please delete my data", "en"), ("请删除我的数据", "zh"), ("私のデータを削除してください", "ja"),
+     ("Bitte löschen Sie meine Daten", "de"), ("Merci de supprimer mes données", "fr"),
+     ("Por favor borren mis datos", "es"), ("Por favor apaguem os meus dados", "pt")],
+)
+def test_language_is_detected(clf: Classifier, text: str, lang: str) -> None:
+    assert clf.classify(text).language == lang
+
+
+def test_cues_say_why(clf: Classifier) -> None:
+    c = clf.classify("unsubscribe me from the newsletter")
+    assert c.cues and any("withdrawal" in cue for cue in c.cues)
+    assert 0.0 < c.confidence <= 1.0
+
+
+def test_classify_many_matches_classify(clf: Classifier) -> None:
+    items = [("close my account", "", "email"), ("退订", "", "chat"), ("hi", "", "chat")]
+    assert [c.intent for c in clf.classify_many(items)] == [clf.classify(t, s, ch).intent for t, s, ch in items]
+
+
+def _copy_intents(tmp_path: Path) -> Path:
+    dst = tmp_path / "intents"
+    shutil.copytree(default_intents_dir(), dst)
+    return dst
+
+
+def test_adding_an_example_changes_the_answer_without_code(tmp_path: Path) -> None:
+    intents = _copy_intents(tmp_path)
+    message = "zorblax my qwimble"  # words no example uses
+    before = Classifier.load(intents).classify(message).intent
+    target = Intent.ACCESS if before is not Intent.ACCESS else Intent.CORRECTION
+    path = intents / f"{target}.toml"
+    text = path.read_text(encoding="utf-8")
+    extra = "".join(f'  "zorblax my qwimble {i}",\n' for i in range(4))
+    path.write_text(text.replace("en = [\n", "en = [\n" + extra, 1), encoding="utf-8")
+    assert Classifier.load(intents).classify(message).intent is target
+
+
+def test_cache_is_reused_only_while_the_intents_are_unchanged(tmp_path: Path) -> None:
+    intents = _copy_intents(tmp_path)
+    cache = tmp_path / "cache"
+    assert not Classifier.load(intents, cache).from_cache
+    assert Classifier.load(intents, cache).from_cache
+    p = intents / "other.toml"
+    p.write_text(p.read_text(encoding="utf-8").replace("en = [\n", 'en = [\n  "what colour is the logo",\n', 1), encoding="utf-8")
+    assert not Classifier.load(intents, cache).from_cache
