@@ -168,5 +168,27 @@ def test_unparseable_bytes_are_kept_for_rerun(services: Services, smtp_port: int
     with services.db.transaction() as s:
         kept = list(s.scalars(select(Shunted)))
     assert len(kept) == 1
-    assert kept[0].raw.startswith(b"\x00\x01\x02")
+    assert b"\x00\x01\x02 not a mail at all" in kept[0].raw
     assert tickets(services) == []
+
+
+def test_forged_authentication_results_sent_straight_to_smtp_prove_nothing(services: Services, smtp_port: int) -> None:
+    forged = make_mail(
+        "Please stop sending me marketing emails.",
+        sender="victim@example.org",
+        headers={"Authentication-Results": "mx.example.com; dmarc=pass header.from=example.org; dkim=pass header.d=example.org"},
+    )
+    send(smtp_port, forged, sender="victim@example.org")
+    from privbot.channels.parse import parse_email
+    from privbot.intake import trusted_authserv_ids
+
+    assert trusted_authserv_ids(services.settings, "smtp") == ()
+    assert not parse_email(forged.as_bytes(), trusted_authserv_ids=()).sender_authenticated
+    assert trusted_authserv_ids(services.settings, "imap:INBOX/1") is None
+
+
+def test_empty_envelope_sender_marks_a_bounce(services: Services, smtp_port: int) -> None:
+    bounce = make_mail("Your message could not be delivered.\n\n> Please delete my data", sender="postbox@mx.example.net", subject="Undeliverable: data")
+    send(smtp_port, bounce, sender="")
+    assert tickets(services) == []
+    assert deliver(services) == []

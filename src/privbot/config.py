@@ -58,6 +58,9 @@ class Settings:
     deadline_days: int = 30
     legal_clock: str = "default"
     check_deliverability: bool = False
+    #: authserv-ids of the mail servers whose Authentication-Results headers we trust
+    #: (comma-separated); empty: IMAP trusts its server's topmost header, SMTP trusts none
+    trusted_authserv_ids: str = ""
     intents_dir: Path = field(default_factory=lambda: _project_dir("intents"))
     templates_dir: Path = field(default_factory=lambda: _project_dir("templates"))
     #: below this classifier confidence the requester is asked what they want

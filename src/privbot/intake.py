@@ -30,6 +30,7 @@ from privbot.store.models import Draft, Message, OutboxItem, Ticket
 
 if TYPE_CHECKING:
     from privbot.app import Services
+    from privbot.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -236,6 +237,19 @@ def may_auto_reply(session: Session, limit: int, recipient: str) -> bool:
     return (sent or 0) < limit
 
 
+def trusted_authserv_ids(settings: Settings, source: str) -> tuple[str, ...] | None:
+    """Whose ``Authentication-Results`` to believe.
+
+    Configured ids win.  Otherwise a mailbox read over IMAP believes the topmost header
+    (its own server's), while mail that reached our SMTP intake directly believes none:
+    there every such header was written by the sender and proves nothing.
+    """
+    ids = tuple(x.strip() for x in settings.trusted_authserv_ids.split(",") if x.strip())
+    if ids:
+        return ids
+    return None if source.startswith("imap") else ()
+
+
 def receive_email(services: Services, raw: bytes, *, source: str = "smtp", shunt_on_failure: bool = True) -> IntakeResult | None:
     """The mail channels' one entry point: bytes in, committed result out.
 
@@ -249,7 +263,7 @@ def receive_email(services: Services, raw: bytes, *, source: str = "smtp", shunt
     from privbot.store.db import DatabaseUnavailable
 
     try:
-        inbound = parse_email(raw, received_at=clock.now())
+        inbound = parse_email(raw, received_at=clock.now(), trusted_authserv_ids=trusted_authserv_ids(services.settings, source))
         return intake(services, inbound)
     except DatabaseUnavailable:
         raise

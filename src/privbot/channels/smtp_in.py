@@ -41,6 +41,10 @@ class PrivacyHandler:
         raw = envelope.original_content if envelope.original_content is not None else envelope.content
         if isinstance(raw, str):
             raw = raw.encode("utf-8", "surrogateescape")
+        # Like any final-delivery MTA, record the envelope sender: an empty one (<>)
+        # is how bounces announce themselves.
+        mail_from = "".join(ch for ch in (envelope.mail_from or "") if ch.isprintable() and ch not in "<>")[:320]
+        raw = f"Return-Path: <{mail_from}>\r\n".encode() + raw
         loop = asyncio.get_running_loop()
         try:
             # The pipeline is blocking database work: keep it off the event loop.
