@@ -46,15 +46,6 @@ def dedupe_key(inbound: Inbound) -> str:
 def intake(services: Services, inbound: Inbound, *, classification: Classification | None = None) -> IntakeResult:
     """Record ``inbound`` and everything it causes, in one transaction."""
     key = dedupe_key(inbound)
-    with services.db.transaction() as session:
-        if session.scalar(select(Message.id).where(Message.dedupe_key == key)) is None:
-            ticket = find_thread(session, inbound)
-            needs_classification = ticket is None and inbound.auto_reason is None
-        else:
-            needs_classification = False
-    # Classifying is CPU work: do it outside the write transaction so writers don't queue behind it.
-    if needs_classification and classification is None:
-        classification = services.classifier.classify(inbound.text, inbound.subject, str(inbound.channel))
     try:
         with services.db.transaction() as session:
             return _intake(services, session, inbound, key, classification)
@@ -113,7 +104,10 @@ def _intake(services: Services, session: Session, inbound: Inbound, key: str, cl
             return _clarified(services, session, ticket, inbound)
         return IntakeResult("threaded", ticket.ref, ticket.status_enum)
 
-    assert classification is not None
+    if classification is None:
+        # Inside the transaction: a second transaction per message cost more than the
+        # overlap it bought (the GIL serialises CPU work in one process anyway).
+        classification = services.classifier.classify(inbound.text, inbound.subject, str(inbound.channel))
     return _open_ticket(services, session, inbound, message, classification, received_at)
 
 

@@ -123,7 +123,8 @@ def create_draft(
     )
     session.add(draft)
     session.flush()
-    audit.record(session, "draft_created", ticket_id=ticket.id, draft_id=draft.id, kind=kind, needs_approval=needs_approval)
+    if needs_approval:  # an automatic message is audited once, when enqueue() queues it
+        audit.record(session, "draft_created", ticket_id=ticket.id, draft_id=draft.id, kind=kind)
     return draft
 
 
