@@ -192,3 +192,11 @@ def test_empty_envelope_sender_marks_a_bounce(services: Services, smtp_port: int
     send(smtp_port, bounce, sender="")
     assert tickets(services) == []
     assert deliver(services) == []
+
+
+def test_chinese_request_is_acknowledged_in_chinese(services: Services, smtp_port: int) -> None:
+    send(smtp_port, make_mail("您好，请删除贵公司保存的关于我的全部个人信息。谢谢。", subject="个人信息删除请求"))
+    [ticket] = tickets(services)
+    assert ticket.language == "zh" and ticket.intent == "deletion"
+    [ack] = deliver(services)
+    assert "我们已收到" in ack["Subject"] and f"[{ticket.ref}]" in ack["Subject"]

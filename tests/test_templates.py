@@ -1,0 +1,64 @@
+"""Reply templates: every language renders, with and without a code, and user text stays text."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from privbot.config import Settings
+from privbot.replies import Renderer
+
+LANGS = ["en", "zh", "es", "de", "fr", "pt", "ja"]
+RENDERER = Renderer(Settings().templates_dir)
+
+
+def context(**extra: object) -> dict[str, object]:
+    return {
+        "ref": "PRIV-000042",
+        "intent": "deletion",
+        "intents": ["deletion", "cancellation"],
+        "due_at": datetime(2026, 4, 1, tzinfo=UTC),
+        "received_at": datetime(2026, 3, 2, tzinfo=UTC),
+        "requester_name": "Ana",
+        "privacy_address": "privacy@example.com",
+        "channel": "email",
+        **extra,
+    }
+
+
+@pytest.mark.parametrize("lang", LANGS)
+@pytest.mark.parametrize("kind", ["acknowledgement", "clarification"])
+def test_every_language_has_its_own_template_naming_the_reference(kind: str, lang: str) -> None:
+    assert lang in RENDERER.languages(kind)
+    out = RENDERER.render(kind, lang, **context())
+    assert out.language == lang
+    assert "PRIV-000042" in out.subject and "PRIV-000042" in out.text
+    assert "privacy@example.com" in out.text
+
+
+@pytest.mark.parametrize("lang", LANGS)
+def test_acknowledgement_shows_the_code_only_when_there_is_one(lang: str) -> None:
+    with_code = RENDERER.render("acknowledgement", lang, **context(code="482913", code_hours=72)).text
+    without = RENDERER.render("acknowledgement", lang, **context()).text
+    assert "482913" in with_code and "72" in with_code
+    assert "482913" not in without
+
+
+def test_unknown_language_falls_back_to_english() -> None:
+    assert RENDERER.render("acknowledgement", "ko", **context()).language == "en"
+
+
+def test_requester_text_is_never_evaluated_as_a_template() -> None:
+    out = RENDERER.render("acknowledgement", "en", **context(requester_name="{{ 7*7 }}{% for x in [1] %}loop{% endfor %}"))
+    assert "{{ 7*7 }}" in out.text and "49" not in out.text and "loop{%" in out.text
+
+
+def test_a_misspelt_variable_is_an_error_not_a_blank(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "acknowledgement").mkdir()
+    (tmp_path / "acknowledgement" / "en.subject").write_text("[{{ ref }}] hi")
+    (tmp_path / "acknowledgement" / "en.txt").write_text("due {{ due_att }}")
+    from jinja2 import UndefinedError
+
+    with pytest.raises(UndefinedError):
+        Renderer(tmp_path).render("acknowledgement", "en", **context())
