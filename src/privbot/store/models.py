@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -67,7 +68,8 @@ class Ticket(Base):
     channel: Mapped[str] = mapped_column(String(16))
     requester: Mapped[str] = mapped_column(String(320), index=True)
     requester_name: Mapped[str] = mapped_column(String(200), default="")
-    chat_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: Telegram chat ids exceed 32 bits (user ids up to 52 bits, groups negative)
+    chat_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime)
     due_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     legal_clock: Mapped[str] = mapped_column(String(16), default="default")
@@ -262,3 +264,39 @@ class Staff(Base):
     role: Mapped[str] = mapped_column(String(16))  # agent | approver | admin
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class TelegramChat(Base):
+    """One Telegram chat's conversation with the bot, kept here (not in memory) so a
+    restart resumes mid-conversation: the step, the pending request, the language, the
+    proven address the chat is bound to, and its flood-control window."""
+
+    __tablename__ = "telegram_chats"
+
+    chat_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    language: Mapped[str] = mapped_column(String(8), default="en")
+    state: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    bound_email: Mapped[str | None] = mapped_column(String(320), nullable=True)
+    bound_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    flood_window_start: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    flood_count: Mapped[int] = mapped_column(Integer, default=0)
+    flood_noticed: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class TelegramUpdate(Base):
+    """Every Telegram update handled, committed with the state change it caused.
+
+    The poll offset is the highest ``update_id`` here plus one, so an update is only
+    acknowledged to Telegram after this row exists; an update delivered again (crash
+    before the acknowledgement) is recognised here and only its stored replies are
+    sent again (``replied`` false), never its effects repeated."""
+
+    __tablename__ = "telegram_updates"
+
+    update_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    chat_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
+    outcome: Mapped[str] = mapped_column(String(32))
+    replies: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    replied: Mapped[bool] = mapped_column(Boolean, default=False)
+    processed_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
