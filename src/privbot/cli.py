@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         if not getattr(args, "func", None):
             raise UsageError("no command given; try 'privbot --help'")
         settings = load_settings(args.config)
-        setup_logging(settings.log_level)
+        setup_logging(settings.log_level, settings.log_format)
         return args.func(args, settings)
     except (UsageError, ConfigError) as exc:
         print(f"privbot: {exc}", file=sys.stderr)

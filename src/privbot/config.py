@@ -51,6 +51,16 @@ class Settings:
     smtp_relay_starttls: bool = False
     telegram_token: str = ""
     telegram_api_url: str = ""
+    #: long-poll wait per getUpdates call, seconds
+    telegram_poll_timeout: float = 30.0
+    #: messages one chat may send per minute; beyond that one notice, then silence
+    telegram_flood_per_minute: int = 20
+    #: webhook instead of long polling: the public https URL Telegram posts to ...
+    telegram_webhook_url: str = ""
+    #: ... and the local HOST:PORT privbot listens on for it
+    telegram_webhook_listen: str = "127.0.0.1:8443"
+    #: shared secret Telegram echoes in X-Telegram-Bot-Api-Secret-Token (webhook mode)
+    telegram_webhook_secret: str = ""
     web_listen: str = "127.0.0.1:8080"
     web_secret: str = ""
     public_url: str = ""
@@ -58,6 +68,19 @@ class Settings:
     deadline_days: int = 30
     legal_clock: str = "default"
     check_deliverability: bool = False
+    #: one-time verification codes: hours valid, wrong tries before the challenge locks
+    verification_code_hours: int = 72
+    verification_max_attempts: int = 5
+    #: days without verification before a reminder (with a fresh code), and before closing
+    verification_reminder_days: int = 3
+    verification_close_days: int = 14
+    #: what each right needs, "intent=need+need,..." (needs: mailbox, code, second_approval);
+    #: rights not named keep their defaults (see privbot.verify.DEFAULT_POLICY)
+    verify_policy: str = ""
+    #: the company's own account database (any SQLAlchemy URL) and a query with :email
+    #: returning email, name, phone, account_id; consulted after the imported directory
+    accounts_sql_url: str = ""
+    accounts_sql_query: str = ""
     #: authserv-ids of the mail servers whose Authentication-Results headers we trust
     #: (comma-separated); empty: IMAP trusts its server's topmost header, SMTP trusts none
     trusted_authserv_ids: str = ""
@@ -69,6 +92,8 @@ class Settings:
     max_auto_replies_per_day: int = 5
     outbox_interval: float = 2.0
     log_level: str = "INFO"
+    #: text (a line for a terminal) | json (one object per line, for log shippers)
+    log_format: str = "text"
 
     # ---- derived -------------------------------------------------------------
     @property
@@ -164,6 +189,14 @@ def validate(s: Settings) -> None:
         getattr(s, name)  # raises ConfigError on a malformed HOST:PORT
     if s.deadline_days < 1 or s.deadline_days > 366:
         raise ConfigError(f"PRIVBOT_DEADLINE_DAYS: must be between 1 and 366, got {s.deadline_days}")
+    if s.verification_code_hours < 1 or s.verification_max_attempts < 1:
+        raise ConfigError("PRIVBOT_VERIFICATION_CODE_HOURS and _MAX_ATTEMPTS: must be at least 1")
+    if s.accounts_sql_url and ":email" not in s.accounts_sql_query:
+        raise ConfigError("PRIVBOT_ACCOUNTS_SQL_QUERY: required with PRIVBOT_ACCOUNTS_SQL_URL, and must use the :email parameter")
+    if s.verify_policy:
+        from privbot.verify import parse_policy  # late: verify imports the store
+
+        parse_policy(s.verify_policy)  # raises ConfigError naming the bad entry
     if s.smtp_max_size < 1024:
         raise ConfigError(f"PRIVBOT_SMTP_MAX_SIZE: too small: {s.smtp_max_size}")
     if s.imap_ssl not in ("tls", "starttls", "plain"):
@@ -174,5 +207,13 @@ def validate(s: Settings) -> None:
         s.imap_port = 993 if s.imap_ssl == "tls" else 143
     if s.legal_clock not in ("default", "gdpr", "uk", "ccpa", "pdpa"):
         raise ConfigError(f"PRIVBOT_LEGAL_CLOCK: expected default, gdpr, uk, ccpa or pdpa, got {s.legal_clock!r}")
+    if s.log_format not in ("text", "json"):
+        raise ConfigError(f"PRIVBOT_LOG_FORMAT: expected text or json, got {s.log_format!r}")
+    if s.telegram_flood_per_minute < 1:
+        raise ConfigError(f"PRIVBOT_TELEGRAM_FLOOD_PER_MINUTE: must be at least 1, got {s.telegram_flood_per_minute}")
+    if s.telegram_webhook_url:
+        _host_port("telegram_webhook_listen", s.telegram_webhook_listen)
+        if not s.telegram_webhook_url.startswith("https://"):
+            raise ConfigError(f"PRIVBOT_TELEGRAM_WEBHOOK_URL: Telegram only posts to https URLs, got {s.telegram_webhook_url!r}")
     if not 0.0 <= s.clarify_below <= 1.0:
         raise ConfigError(f"PRIVBOT_CLARIFY_BELOW: must be between 0 and 1, got {s.clarify_below}")

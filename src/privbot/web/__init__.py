@@ -1,0 +1,1 @@
+"""The staff console and the operations endpoints (/healthz, /metrics)."""
