@@ -45,6 +45,16 @@ class Settings:
     imap_folder: str = "INBOX"
     imap_processed_folder: str = "Processed"
     imap_failed_folder: str = "Failed"
+    #: a PEM file of CA certificates for the IMAP server (a private CA); empty: the system's
+    imap_ca_file: str = ""
+    #: IDLE is re-issued this often (servers drop an IDLE after 30 min; RFC 2177 says 29)
+    imap_idle_seconds: float = 600.0
+    #: where the server has no IDLE, look for new mail this often
+    imap_poll_seconds: float = 30.0
+    #: messages fetched per round trip (memory is also bounded to ~8 MB of mail per batch)
+    imap_batch: int = 100
+    #: after the server refuses the login, try again this often (a person must fix it)
+    imap_auth_retry_seconds: float = 300.0
     smtp_relay: str = ""
     smtp_relay_user: str = ""
     smtp_relay_password: str = ""
@@ -203,6 +213,10 @@ def validate(s: Settings) -> None:
         raise ConfigError(f"PRIVBOT_IMAP_SSL: expected tls, starttls or plain, got {s.imap_ssl!r}")
     if s.imap_host and not s.imap_user:
         raise ConfigError("PRIVBOT_IMAP_USER: required when PRIVBOT_IMAP_HOST is set")
+    if s.imap_batch < 1 or s.imap_idle_seconds <= 0 or s.imap_poll_seconds <= 0:
+        raise ConfigError("PRIVBOT_IMAP_BATCH, _IDLE_SECONDS and _POLL_SECONDS: must be positive")
+    if s.imap_ca_file and not Path(s.imap_ca_file).is_file():
+        raise ConfigError(f"PRIVBOT_IMAP_CA_FILE: no such file: {s.imap_ca_file}")
     if not s.imap_port:
         s.imap_port = 993 if s.imap_ssl == "tls" else 143
     if s.legal_clock not in ("default", "gdpr", "uk", "ccpa", "pdpa"):
