@@ -251,6 +251,12 @@ def cmd_audit_verify(args: argparse.Namespace, settings: Settings) -> int:
     return 1
 
 
+def cmd_accounts_import(args: argparse.Namespace, settings: Settings) -> int:
+    from privbot.accounts import cmd_accounts_import as run
+
+    return run(args, settings)
+
+
 # ---------------------------------------------------------------------------- wiring
 
 
@@ -300,6 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
     audit_sub = sp.add_subparsers(dest="audit_command", parser_class=_Parser)
     av = audit_sub.add_parser("verify", help="prove the audit trail is intact")
     av.set_defaults(func=cmd_audit_verify)
+    sp = add("accounts", lambda a, s: (_ for _ in ()).throw(UsageError("accounts: say 'accounts import FILE.csv'")), "customer account directory")
+    accounts_sub = sp.add_subparsers(dest="accounts_command", parser_class=_Parser)
+    ai = accounts_sub.add_parser("import", help="load known accounts from a CSV file (email, name, phone, account_id)")
+    ai.add_argument("file", metavar="FILE.csv")
+    ai.set_defaults(func=cmd_accounts_import)
     for extend in EXTENSIONS:
         extend(sub)
     return p

@@ -249,7 +249,12 @@ def approve(session: Session, settings: Settings, ticket: Ticket, staff_email: s
     draft.approved_at = now
     audit.record(session, "approved", actor=staff_email, ticket_id=ticket.id, draft_id=draft.id)
     enqueue(session, settings, ticket, draft)
-    if draft.kind == "answer":
+    # A ticket asking for several rights has one answer draft per right: it is answered
+    # when the last of them is approved.
+    others_pending = session.scalar(
+        select(Draft.id).where(Draft.ticket_id == ticket.id, Draft.kind == "answer", Draft.status == "pending").limit(1)
+    )
+    if draft.kind == "answer" and others_pending is None:
         ticket.status = Status.ANSWERED
         ticket.answered_at = now
     ticket.updated_at = now

@@ -35,6 +35,15 @@ SWEEPS: list[tuple[str, Sweep, float]] = [
 ]
 
 
+def verification_sweep(services: Services) -> str:
+    from privbot import verify  # late: verify pulls in the templates and the account connector
+
+    return verify.sweep(services)
+
+
+SWEEPS.append(("verification", verification_sweep, 300.0))
+
+
 def run_once(services: Services) -> list[str]:
     """Every sweep, once, in order; the deadline sweeps first so their mail goes out now."""
     lines = []
