@@ -91,19 +91,6 @@ class Settings:
     #: returning email, name, phone, account_id; consulted after the imported directory
     accounts_sql_url: str = ""
     accounts_sql_query: str = ""
-    #: one-time verification codes: hours valid, wrong tries before the challenge locks
-    verification_code_hours: int = 72
-    verification_max_attempts: int = 5
-    #: days without verification before a reminder (with a fresh code), and before closing
-    verification_reminder_days: int = 3
-    verification_close_days: int = 14
-    #: what each right needs, "intent=need+need,..." (needs: mailbox, code, second_approval);
-    #: rights not named keep their defaults (see privbot.verify.DEFAULT_POLICY)
-    verify_policy: str = ""
-    #: the company's own account database (any SQLAlchemy URL) and a query with :email
-    #: returning email, name, phone, account_id; consulted after the imported directory
-    accounts_sql_url: str = ""
-    accounts_sql_query: str = ""
     #: authserv-ids of the mail servers whose Authentication-Results headers we trust
     #: (comma-separated); empty: IMAP trusts its server's topmost header, SMTP trusts none
     trusted_authserv_ids: str = ""
@@ -212,14 +199,6 @@ def validate(s: Settings) -> None:
         getattr(s, name)  # raises ConfigError on a malformed HOST:PORT
     if s.deadline_days < 1 or s.deadline_days > 366:
         raise ConfigError(f"PRIVBOT_DEADLINE_DAYS: must be between 1 and 366, got {s.deadline_days}")
-    if s.verification_code_hours < 1 or s.verification_max_attempts < 1:
-        raise ConfigError("PRIVBOT_VERIFICATION_CODE_HOURS and _MAX_ATTEMPTS: must be at least 1")
-    if s.accounts_sql_url and ":email" not in s.accounts_sql_query:
-        raise ConfigError("PRIVBOT_ACCOUNTS_SQL_QUERY: required with PRIVBOT_ACCOUNTS_SQL_URL, and must use the :email parameter")
-    if s.verify_policy:
-        from privbot.verify import parse_policy  # late: verify imports the store
-
-        parse_policy(s.verify_policy)  # raises ConfigError naming the bad entry
     if s.verification_code_hours < 1 or s.verification_max_attempts < 1:
         raise ConfigError("PRIVBOT_VERIFICATION_CODE_HOURS and _MAX_ATTEMPTS: must be at least 1")
     if s.accounts_sql_url and ":email" not in s.accounts_sql_query:
