@@ -17,6 +17,7 @@ from sqlalchemy import create_engine, text
 from privbot import clock
 from privbot.app import Services, build_services
 from privbot.config import Settings
+from tests.dovecot import dovecot, imap_account  # noqa: F401  (a real IMAP server)
 from tests.support import free_port
 
 PG_BASE = os.environ.get("PRIVBOT_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
