@@ -391,13 +391,20 @@ def _fresh_code_context(services: Services, session: Session, ticket: Ticket) ->
     }
 
 
-def _send(services: Services, session: Session, ticket: Ticket, kind: str, **context: Any) -> None:
+#: message kinds are at most 20 characters (``messages.kind``); templates may be longer
+_KIND = {"verification_reminder": "verify_reminder"}
+
+
+def _send(services: Services, session: Session, ticket: Ticket, template: str, **context: Any) -> None:
     """An automatic message to the requester about verification.
 
     These bypass the daily automatic-answer limit: each is caused by one message from
     the requester and bounded by the attempt limit (or by the code lifetime).
     """
-    draft = replies.create_draft(session, services.settings, services.renderer, ticket, kind, needs_approval=False, **context)
+    kind = _KIND.get(template, template)
+    draft = replies.create_draft(
+        session, services.settings, services.renderer, ticket, kind, template=template, needs_approval=False, **context
+    )
     replies.enqueue(session, services.settings, ticket, draft)
 
 
