@@ -220,13 +220,21 @@ def _same_requester(ticket: Ticket, inbound: Inbound) -> bool:
 
 
 def may_auto_reply(session: Session, limit: int, recipient: str) -> bool:
-    """At most ``limit`` automatic messages to one address per day, so a burst or a
-    loop with another robot never makes privbot a spam cannon."""
+    """At most ``limit`` automatic messages to one requester per day, so a burst or a
+    loop with another robot never makes privbot a spam cannon.
+
+    Counted per requester (``Ticket.requester``: an address, or ``telegram:<chat>``) and
+    per draft, not per outbox row: a chat ticket's outbox rows are addressed to the bare
+    chat id, and one draft may go out by chat and by mail.  The count cannot race: the
+    caller has already appended to the audit trail, whose lock (PostgreSQL) or
+    ``BEGIN IMMEDIATE`` (SQLite) serialises these transactions.
+    """
     since = clock.now() - timedelta(days=1)
     sent = session.scalar(
-        select(func.count(OutboxItem.id))
+        select(func.count(func.distinct(OutboxItem.draft_id)))
         .join(Draft, Draft.id == OutboxItem.draft_id)
-        .where(OutboxItem.recipient == recipient, OutboxItem.created_at >= since, Draft.needs_approval.is_(False))
+        .join(Ticket, Ticket.id == OutboxItem.ticket_id)
+        .where(Ticket.requester == recipient, OutboxItem.created_at >= since, Draft.needs_approval.is_(False))
     )
     return (sent or 0) < limit
 
