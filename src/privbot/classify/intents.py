@@ -14,6 +14,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from privbot.classify.anchors import anchors, may_match
 from privbot.domain import Intent
 
 
@@ -26,6 +27,14 @@ class Cue:
     weight: float
     override: bool = False  # decides the intent on its own (bounces, auto-replies)
     field: str = "text"  # "text": new text + subject; "any": also the quoted rest
+    #: case-folded literals one of which every match contains (None: always run the regex)
+    anchors: tuple[str, ...] | None = None
+
+    def search_in(self, text: str, folded: str):
+        """``finditer`` over ``text``, skipped when ``folded`` (its casefold) lacks every anchor."""
+        if not may_match(self.anchors, folded):
+            return ()
+        return self.pattern.finditer(text)
 
     @property
     def label(self) -> str:
@@ -86,6 +95,7 @@ def load_intents(intents_dir: Path) -> list[IntentSpec]:
                     weight=float(c.get("weight", 1.0)),
                     override=bool(c.get("override", False)),
                     field=str(c.get("field", "text")),
+                    anchors=anchors(rx),
                 )
             )
         specs.append(
