@@ -1,8 +1,8 @@
 """Hostile and broken input, as the privacy mailbox receives it every day.
 
-Real corpora go through the real SMTP intake (and, in test_hostile_imap.py, through a
-real Dovecot): CPython's own e-mail test messages and the bounce samples of flufl.bounce.
-Hypothesis writes MIME no corpus has.  What must hold for all of it: the server never
+Real corpora go through the real SMTP intake and a real Dovecot: CPython's own e-mail
+test messages and the bounce samples of flufl.bounce.  Hypothesis writes MIME no corpus
+has.  What must hold for all of it: the server never
 crashes or hangs, every message ends as a ticket, an auto-reply record or in the shunt
 (kept for a re-run), nothing automatic is ever answered, nothing a sender wrote becomes an
 outgoing header or runs as a template, and a flood from one address gets at most the
@@ -384,3 +384,43 @@ def test_burst_from_one_chat_gets_at_most_the_configured_answers(services: Servi
         received = s.scalar(select(func.count(Message.id)).where(Message.direction == "in"))
     assert received == cap + 15
     assert to_chat == cap
+
+
+# ------------------------------------------------------------------ the same corpora over IMAP
+
+
+@pytest.mark.skipif(not CORPUS or len(BOUNCES) < 100, reason="CPython's email corpus or the vendored bounces are missing")
+def test_corpora_through_imap_are_all_filed_recorded_and_automatic_mail_never_answered(services: Services, imap_account) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    from privbot.channels.imap import ImapWatcher
+
+    # In a mailbox, the delivery agent has written the envelope sender as Return-Path:
+    # "<>" for the bounces, as Dovecot's LDA or Postfix's local(8) would.
+    mails = [on_the_wire(p.read_bytes()) for p in CORPUS] + [b"Return-Path: <>\r\n" + on_the_wire(p.read_bytes()) for p in BOUNCES]
+    ids = [message_id_of(raw) for raw in mails]
+    distinct = len({i for i in ids if i}) + sum(1 for i in ids if not i)
+    imap_account.deliver_many(mails)
+
+    s = services.settings
+    s.imap_host, s.imap_port, s.imap_user, s.imap_password = imap_account.host, imap_account.port, imap_account.user, imap_account.password
+    s.imap_ssl, s.imap_batch = "plain", 50
+    watcher = ImapWatcher(services)
+    thread = threading.Thread(target=watcher.run, daemon=True)
+    thread.start()
+    try:
+        assert watcher.idle_ready.wait(60), "the watcher did not drain the mailbox within 60 s"
+    finally:
+        watcher.stop()
+        thread.join(15)
+    assert imap_account.count("INBOX") == 0
+    filed_ok, filed_failed = imap_account.count("Processed"), imap_account.count("Failed")
+    assert filed_ok + filed_failed == len(mails)
+    received, shunted = counts(services)
+    assert shunted == filed_failed >= 1  # what could not be read is kept, and shown in Failed
+    assert received + shunted == distinct
+    assert answers_to_automatic_mail(services) == []
+    with services.db.transaction() as session:
+        bounce_senders = set(session.scalars(select(Message.sender).where(Message.auto_reason == "bounce")))
+        answered = set(session.scalars(select(OutboxItem.recipient)))
+    assert not (answered & bounce_senders - {""})
