@@ -198,6 +198,21 @@ def cmd_approve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_extend(args: argparse.Namespace, settings: Settings) -> int:
+    from privbot import deadlines
+
+    services = _services(settings)
+    try:
+        with services.db.transaction() as session:
+            t = _load_ticket(session, args.ref)
+            deadlines.extend(session, settings, t, args.days, args.reason, args.as_)
+            ref, due = t.ref, t.due_at
+    except deadlines.ExtensionRefused as exc:
+        raise UsageError(str(exc)) from None
+    print(f"{ref}: deadline extended by {args.days} days to {due.isoformat()}; notice queued to the requester")
+    return 0
+
+
 def cmd_sweep(args: argparse.Namespace, settings: Settings) -> int:
     from privbot import scheduler
 
@@ -296,6 +311,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true")
     sp = add("approve", cmd_approve, "approve a ticket's pending draft")
     sp.add_argument("ref")
+    sp.add_argument("--as", dest="as_", required=True, metavar="STAFF_EMAIL")
+    sp = add("extend", cmd_extend, "extend a ticket's deadline where the law allows, and notify the requester")
+    sp.add_argument("ref")
+    sp.add_argument("--days", type=int, required=True)
+    sp.add_argument("--reason", required=True)
     sp.add_argument("--as", dest="as_", required=True, metavar="STAFF_EMAIL")
     sp = add("sweep", cmd_sweep, "run the deadline sweep and the outbox once")
     sp.add_argument("--at", help="as though it were this time (ISO 8601; no offset means UTC)")

@@ -77,6 +77,12 @@ class Settings:
     staff_address: str = ""
     deadline_days: int = 30
     legal_clock: str = "default"
+    #: days before the deadline on which staff are reminded, largest first ("7,3,1")
+    reminder_days: str = "7,3,1"
+    #: seconds between runs of each sweep other than the outbox; 0: each sweep's own default
+    sweep_interval: float = 0.0
+    #: days after a ticket is closed before its personal data is purged; 0: never
+    retention_days: int = 365
     check_deliverability: bool = False
     #: one-time verification codes: hours valid, wrong tries before the challenge locks
     verification_code_hours: int = 72
@@ -219,6 +225,11 @@ def validate(s: Settings) -> None:
         raise ConfigError(f"PRIVBOT_IMAP_CA_FILE: no such file: {s.imap_ca_file}")
     if not s.imap_port:
         s.imap_port = 993 if s.imap_ssl == "tls" else 143
+    from privbot.deadlines import parse_reminder_days  # late: deadlines imports config
+
+    parse_reminder_days(s.reminder_days)  # raises ConfigError naming the bad entry
+    if s.retention_days < 0 or s.sweep_interval < 0:
+        raise ConfigError("PRIVBOT_RETENTION_DAYS and PRIVBOT_SWEEP_INTERVAL: must not be negative")
     if s.legal_clock not in ("default", "gdpr", "uk", "ccpa", "pdpa"):
         raise ConfigError(f"PRIVBOT_LEGAL_CLOCK: expected default, gdpr, uk, ccpa or pdpa, got {s.legal_clock!r}")
     if s.log_format not in ("text", "json"):

@@ -44,6 +44,25 @@ def verification_sweep(services: Services) -> str:
 SWEEPS.append(("verification", verification_sweep, 300.0))
 
 
+def deadline_sweep(services: Services) -> str:
+    from privbot import sweeps  # late: sweeps pulls in the templates
+
+    return sweeps.deadline_sweep(services)
+
+
+def retention_sweep(services: Services) -> str:
+    from privbot import sweeps
+
+    return sweeps.retention_sweep(services)
+
+
+# Staff reminders and escalations every minute (PRIVBOT_SWEEP_INTERVAL overrides); the
+# retention purge hourly.  Importing deadlines installs the UK clock-stop listener.
+SWEEPS.append(("deadlines", deadline_sweep, 60.0))
+SWEEPS.append(("retention", retention_sweep, 3600.0))
+from privbot import deadlines as _deadlines  # noqa: E402,F401
+
+
 def run_once(services: Services) -> list[str]:
     """Every sweep, once, in order; the deadline sweeps first so their mail goes out now."""
     lines = []

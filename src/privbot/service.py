@@ -74,7 +74,8 @@ class SweepComponent:
             return run
 
         for name, sweep, interval in scheduler.SWEEPS:
-            interval = self.services.settings.outbox_interval if name == "outbox" else interval
+            settings = self.services.settings
+            interval = settings.outbox_interval if name == "outbox" else (settings.sweep_interval or interval)
             self.scheduler.add_job(job(sweep, name), "interval", seconds=interval, id=name, max_instances=1, coalesce=True)
             self.scheduler.add_job(job(sweep, name), id=f"{name}-now")  # once at start
         self.scheduler.start()

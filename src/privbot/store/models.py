@@ -57,6 +57,8 @@ class Base(DeclarativeBase):
 
 class Ticket(Base):
     __tablename__ = "tickets"
+    #: the deadline sweep's scan: open statuses by due date
+    __table_args__ = (Index("ix_tickets_status_due", "status", "due_at"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     intent: Mapped[str] = mapped_column(String(20))
@@ -80,6 +82,12 @@ class Ticket(Base):
     answered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: when the legal clock stopped (UK: waiting for identity or clarification); see deadlines
+    clock_paused_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: total seconds the clock has stood still, which also moves the end of the first period
+    paused_seconds: Mapped[int] = mapped_column(Integer, default=0)
+    #: personal data removed by the retention sweep
+    purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     messages: Mapped[list[Message]] = relationship(back_populates="ticket", order_by="Message.id")
     drafts: Mapped[list[Draft]] = relationship(back_populates="ticket", order_by="Draft.id")
@@ -300,3 +308,38 @@ class TelegramUpdate(Base):
     replies: Mapped[list[Any]] = mapped_column(JSON, default=list)
     replied: Mapped[bool] = mapped_column(Boolean, default=False)
     processed_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class Reminder(Base):
+    """One reminder or escalation about one deadline of one ticket.
+
+    The unique key is the claim: the process whose INSERT succeeds sends the mail (in
+    the same transaction); every other process's INSERT conflicts and sends nothing.
+    ``due_at`` is part of the key, so a deadline that moves (extension, UK clock stop)
+    earns its own reminders."""
+
+    __tablename__ = "reminders"
+    __table_args__ = (UniqueConstraint("ticket_id", "kind", "due_at", name="uq_reminders_ticket_kind_due"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)
+    #: due-7d | due-3d | due-1d (any configured offset) | overdue | confirm-receipt
+    kind: Mapped[str] = mapped_column(String(32))
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    sent_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class DeadlineEvent(Base):
+    """The deadline history of a ticket: every change of ``due_at``, why and by whom."""
+
+    __tablename__ = "deadline_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    actor: Mapped[str] = mapped_column(String(320))
+    #: extended | paused | resumed
+    kind: Mapped[str] = mapped_column(String(16))
+    old_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    new_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    reason: Mapped[str] = mapped_column(Text, default="")

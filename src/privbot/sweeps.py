@@ -1,0 +1,312 @@
+"""The deadline sweeps: staff reminders, escalations, and the retention purge.
+
+Why this module exists: no deadline may pass unnoticed even when staff are slow, and
+any number of privbot processes may run these sweeps against one PostgreSQL at once.
+So every sweep is a pass over columns (``due_at``, ``closed_at``) that claims its rows
+before acting:
+
+* reminders and escalations: one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING
+  RETURNING`` into ``reminders``, whose UNIQUE(ticket, kind, due_at) key is the claim;
+  the staff mail listing exactly the rows this process inserted goes into the outbox in
+  the same transaction.  Staff get one digest per sweep, not one mail per ticket.
+* retention: a conditional ``UPDATE tickets SET purged_at`` (with ``FOR UPDATE SKIP
+  LOCKED`` on PostgreSQL) claims a batch; the personal data of exactly those tickets is
+  replaced by a marker, and each gets an audit entry ``purged``.
+
+A sweep that finds nothing to do does nothing, so running it twice, or in three
+processes, or as ``privbot sweep --at`` for a past moment, is harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import and_, case, exists, func, literal, not_, or_, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from privbot import audit, clock, deadlines, replies
+from privbot.domain import OPEN_STATUSES, format_ref
+from privbot.store.models import Challenge, Draft, Message, OutboxItem, Reminder, Ticket, UTCDateTime
+
+if TYPE_CHECKING:
+    from privbot.app import Services
+    from privbot.config import Settings
+
+log = logging.getLogger(__name__)
+
+#: PostgreSQL advisory lock keys: one sweep of each kind at a time across processes
+#: (the unique key already makes a second one harmless; the lock makes it cheap)
+_LOCK_REMINDERS = 0x70620001
+_LOCK_RETENTION = 0x70620002
+#: a digest lists this many tickets; the rest are counted (the console lists all)
+DIGEST_LIMIT = 200
+PURGED = "[purged]"
+OPEN = [str(s) for s in OPEN_STATUSES]
+
+
+def _insert(session: Session) -> Any:
+    return (postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert)(Reminder)
+
+
+def _try_lock(session: Session, key: int) -> bool:
+    if session.get_bind().dialect.name != "postgresql":
+        return True  # SQLite: BEGIN IMMEDIATE already serialises writers
+    return bool(session.scalar(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": key}))
+
+
+# ---------------------------------------------------------------------------- reminders
+
+
+def deadline_sweep(services: Services) -> str:
+    """Remind staff of deadlines coming up, escalate the ones passed; exactly once each."""
+    settings = services.settings
+    offsets = deadlines.parse_reminder_days(settings.reminder_days)
+    now = clock.now()
+    with services.db.transaction() as session:
+        if not _try_lock(session, _LOCK_REMINDERS):
+            return "deadlines: another process is sweeping"
+        resumed = _resume_bulk_closed(session, now)
+        claimed = _claim_due(session, now, offsets) + _claim_unconfirmed(session, now)
+        if not claimed:
+            return "deadlines: nothing due" + (f"; {resumed} clocks resumed" if resumed else "")
+        rows = _describe(session, claimed, now)
+        reminders = [r for r in rows if r["kind"].startswith("due-")]
+        escalations = [r for r in rows if not r["kind"].startswith("due-")]
+        mailed = 0
+        for template, batch in (("staff_reminder", reminders), ("staff_escalation", escalations)):
+            if batch and _mail_staff(services, session, template, batch, now):
+                mailed += 1
+        kinds: dict[str, int] = {}
+        for r in rows:
+            kinds[r["kind"]] = kinds.get(r["kind"], 0) + 1
+        audit.record(session, "staff_reminded", kinds=kinds, tickets=len({r["ticket_id"] for r in rows}), mailed=mailed)
+    parts = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+    return f"deadlines: {parts}; {mailed} staff mail{'s' if mailed != 1 else ''}"
+
+
+def _claim_due(session: Session, now: datetime, offsets: list[int]) -> list[tuple[int, str]]:
+    """Insert one reminder row per ticket that crossed a threshold; return those inserted.
+
+    A ticket gets the most urgent reminder it qualifies for: one that reaches 3 days
+    before its deadline without having had the 7-day one (the sweep was down, or it
+    arrived late) gets only the 3-day one, and the 7-day one is never sent after it.
+    """
+    kind = case(
+        (Ticket.due_at <= now, literal("overdue")),
+        *[(Ticket.due_at <= now + timedelta(days=n), literal(f"due-{n}d")) for n in sorted(offsets)],
+        else_=literal(None),
+    )
+    horizon = now + timedelta(days=max(offsets)) if offsets else now
+    # A later, less urgent kind must not follow a more urgent one on the same deadline.
+    more_urgent = [f"due-{n}d" for n in offsets]  # largest first
+    src = (
+        select(Ticket.id, kind, Ticket.due_at, literal(now, UTCDateTime()))
+        .where(
+            Ticket.status.in_(OPEN),
+            Ticket.due_at <= horizon,
+            Ticket.purged_at.is_(None),
+            # the UK clock stands still while privbot waits for the requester
+            not_(and_(Ticket.legal_clock == "uk", Ticket.clock_paused_at.is_not(None))),
+            ~exists().where(
+                Reminder.ticket_id == Ticket.id,
+                Reminder.due_at == Ticket.due_at,
+                or_(Reminder.kind == kind, Reminder.kind == "overdue", *_urgency_guard(kind, more_urgent)),
+            ),
+        )
+        .order_by(Ticket.id)
+    )
+    stmt = (
+        _insert(session)
+        .from_select(["ticket_id", "kind", "due_at", "sent_at"], src)
+        .on_conflict_do_nothing(index_elements=["ticket_id", "kind", "due_at"])
+        .returning(Reminder.ticket_id, Reminder.kind)
+    )
+    return [(int(t), str(k)) for t, k in session.execute(stmt)]
+
+
+def _urgency_guard(kind: Any, offsets_desc: list[str]) -> list[Any]:
+    """Conditions meaning "a more urgent reminder than ``kind`` was already sent"."""
+    guards = []
+    for i, k in enumerate(offsets_desc):
+        smaller = offsets_desc[i + 1 :]
+        if smaller:
+            guards.append(and_(kind == k, Reminder.kind.in_(smaller)))
+    return guards
+
+
+def _claim_unconfirmed(session: Session, now: datetime) -> list[tuple[int, str]]:
+    """CCPA: receipt must be confirmed within 10 business days.  privbot confirms at
+    once, unless it could not (rate limit, triage that staff reclassified, a chat with no
+    reply): after one day without any message to the requester, staff are told."""
+    outgoing = exists().where(Message.ticket_id == Ticket.id, Message.direction == "out")
+    src = (
+        select(Ticket.id, literal("confirm-receipt"), Ticket.due_at, literal(now, UTCDateTime()))
+        .where(
+            Ticket.legal_clock == "ccpa",
+            Ticket.status.in_(OPEN),
+            Ticket.received_at <= now - timedelta(days=1),
+            Ticket.purged_at.is_(None),
+            ~outgoing,
+            ~exists().where(Reminder.ticket_id == Ticket.id, Reminder.kind == "confirm-receipt"),
+        )
+        .order_by(Ticket.id)
+    )
+    stmt = (
+        _insert(session)
+        .from_select(["ticket_id", "kind", "due_at", "sent_at"], src)
+        .on_conflict_do_nothing(index_elements=["ticket_id", "kind", "due_at"])
+        .returning(Reminder.ticket_id, Reminder.kind)
+    )
+    return [(int(t), str(k)) for t, k in session.execute(stmt)]
+
+
+def _resume_bulk_closed(session: Session, now: datetime) -> int:
+    """Tickets that left a waiting state by a bulk UPDATE (no ORM listener ran) get their
+    pause cleared here; a closed ticket's deadline no longer matters, so nothing moves."""
+    n = session.execute(
+        update(Ticket)
+        .where(Ticket.clock_paused_at.is_not(None), Ticket.status.not_in([str(s) for s in deadlines.PAUSE_STATUSES]))
+        .values(clock_paused_at=None)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    return int(n or 0)
+
+
+def _describe(session: Session, claimed: list[tuple[int, str]], now: datetime) -> list[dict[str, Any]]:
+    kinds = dict(claimed)
+    rows = []
+    ids = sorted(kinds)
+    for chunk in (ids[i : i + 1000] for i in range(0, len(ids), 1000)):
+        for t in session.execute(
+            select(Ticket.id, Ticket.intent, Ticket.status, Ticket.due_at, Ticket.received_at, Ticket.legal_clock).where(Ticket.id.in_(chunk))
+        ):
+            kind = kinds[t.id]
+            due = clock.ensure_aware(t.due_at)
+            if kind == "confirm-receipt":
+                due = deadlines.add_business_days(clock.ensure_aware(t.received_at), deadlines.clock_for("ccpa").confirm_business_days)
+            rows.append({
+                "ticket_id": t.id, "ref": format_ref(t.id), "intent": t.intent, "status": t.status, "due_at": due,
+                "days_left": max(0, -(-int((due - now).total_seconds()) // 86400)), "kind": kind, "clock": t.legal_clock,
+            })
+    rows.sort(key=lambda r: (r["due_at"], r["ticket_id"]))
+    return rows
+
+
+def _mail_staff(services: Services, session: Session, template: str, rows: list[dict[str, Any]], now: datetime) -> bool:
+    """One digest to ``PRIVBOT_STAFF_ADDRESS`` through the outbox (nothing when unset:
+    the console shows the reminders table either way)."""
+    from privbot.channels.mail_out import build_email, new_message_id
+
+    settings = services.settings
+    if not settings.staff_address:
+        return False
+    console = settings.public_url.rstrip("/") if settings.public_url else ""
+    rendered = services.renderer.render(
+        template, "en", tickets=rows[:DIGEST_LIMIT], more=max(0, len(rows) - DIGEST_LIMIT),
+        console_url=console, privacy_address=settings.privacy_address,
+    )
+    message_id = new_message_id(settings.privacy_address)
+    session.add(
+        OutboxItem(
+            ticket_id=rows[0]["ticket_id"] if len(rows) == 1 else None,
+            channel="email",
+            recipient=settings.staff_address,
+            message_id=message_id,
+            subject=rendered.subject,
+            payload=build_email(
+                sender=settings.privacy_address, to=settings.staff_address, subject=rendered.subject,
+                text=rendered.text, html=rendered.html, message_id=message_id,
+            ),
+            next_attempt_at=now,
+            created_at=now,
+        )
+    )
+    return True
+
+
+# ---------------------------------------------------------------------------- retention
+
+#: a ticket's "closed" moment: when it was closed, else answered, else last touched
+_ENDED = func.coalesce(Ticket.closed_at, Ticket.answered_at, Ticket.updated_at)
+RETENTION_BATCH = 200
+
+
+def retention_sweep(services: Services, *, max_batches: int = 50) -> str:
+    """Remove the personal data of tickets closed longer than ``PRIVBOT_RETENTION_DAYS``.
+
+    Kept: the ticket row's reference, intent(s), status and dates, the deadline history
+    and the audit trail (which never holds bodies or codes); everything a requester
+    wrote, their address and name, drafts' text and outbox payloads become ``[purged]``.
+    """
+    settings = services.settings
+    if not settings.retention_days:
+        return "retention: off"
+    cutoff = clock.now() - timedelta(days=settings.retention_days)
+    total = 0
+    for _ in range(max_batches):
+        n = _purge_batch(services, cutoff)
+        total += n
+        if n < RETENTION_BATCH:
+            break
+    return f"retention: {total} tickets purged" if total else "retention: nothing to purge"
+
+
+def _purge_batch(services: Services, cutoff: datetime) -> int:
+    now = clock.now()
+    with services.db.transaction() as session:
+        pick = (
+            select(Ticket.id)
+            .where(Ticket.purged_at.is_(None), Ticket.status.not_in(OPEN), _ENDED <= cutoff)
+            .order_by(Ticket.id)
+            .limit(RETENTION_BATCH)
+        )
+        if session.get_bind().dialect.name == "postgresql":
+            pick = pick.with_for_update(skip_locked=True)
+        ids = list(session.scalars(pick))
+        if not ids:
+            return 0
+        # The claim: only rows still unpurged are ours (SQLite has no SKIP LOCKED, but
+        # its writers are serial, so the condition alone decides).
+        claimed = [
+            int(i)
+            for i in session.scalars(
+                update(Ticket)
+                .where(Ticket.id.in_(ids), Ticket.purged_at.is_(None))
+                .values(
+                    purged_at=now, requester=PURGED, requester_name="", chat_id=None, account_id=None, cues=[], updated_at=now,
+                )
+                .returning(Ticket.id)
+                .execution_options(synchronize_session=False)
+            )
+        ]
+        if not claimed:
+            return 0
+        _scrub(session, claimed)
+        for ticket_id in claimed:
+            audit.record(session, "purged", ticket_id=ticket_id, retention_days=services.settings.retention_days)
+    log.info("retention: purged personal data of %d tickets", len(claimed))
+    return len(claimed)
+
+
+def _scrub(session: Session, ids: list[int]) -> None:
+    def bulk(model: Any, where: Any, **values: Any) -> None:
+        session.execute(update(model).where(where).values(**values).execution_options(synchronize_session=False))
+
+    bulk(Message, Message.ticket_id.in_(ids), subject=PURGED, body=PURGED, new_text=PURGED, raw=None, sender=PURGED, recipient=PURGED)
+    bulk(Draft, Draft.ticket_id.in_(ids), subject=PURGED, text=PURGED, html="")
+    bulk(OutboxItem, OutboxItem.ticket_id.in_(ids) & OutboxItem.status.in_(("sent", "failed")),
+         payload=b"", subject=PURGED, recipient=PURGED)
+    bulk(Challenge, Challenge.ticket_id.in_(ids), address=PURGED)
+
+
+# ---------------------------------------------------------------------------- reporting
+
+
+def reminders_for(session: Session, ticket_id: int) -> list[dict[str, Any]]:
+    """The reminders and escalations sent about one ticket (for the console and ``show``)."""
+    rows = session.scalars(select(Reminder).where(Reminder.ticket_id == ticket_id).order_by(Reminder.id))
+    return [{"kind": r.kind, "due_at": r.due_at, "sent_at": r.sent_at} for r in rows]
+
