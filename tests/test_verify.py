@@ -458,3 +458,43 @@ def test_mark_verified_records_who_and_how(services: Services) -> None:
     assert entry.actor == "ann@example.com" and entry.detail["how"] == "staff: passport checked"
     with services.db.transaction() as s:
         assert s.scalar(select(OutboxItem.id).where(OutboxItem.recipient == "ann@example.com")) is None
+
+
+# ---------------------------------------------------------------------------- templates
+
+LANGS = ["en", "zh", "es", "de", "fr", "pt", "ja"]
+_BASE = {
+    "ref": "PRIV-000042", "intent": "deletion", "intents": ["deletion"], "requester_name": "Ana",
+    "privacy_address": "privacy@example.com", "channel": "email",
+}
+_ACCOUNT = {"email": "ana@example.org", "name": "Ana Lima", "phone": "+351 555 0100", "account_id": "WL-77"}
+TEMPLATE_CONTEXT: dict[str, dict[str, object]] = {
+    "code_wrong": {"remaining": 3},
+    "code_expired": {"code": "48291370", "code_hours": 72, "public_url": ""},
+    "code_locked": {},
+    "verification_reminder": {"code": "48291370", "code_hours": 72, "public_url": "", "close_days": 14},
+    "closed_unverified": {"close_days": 14},
+    "no_account": {},
+    **{f"answer_{r}": {"account": _ACCOUNT} for r in ("access", "correction", "deletion", "withdrawal", "cancellation")},
+}
+
+
+@pytest.mark.parametrize("lang", LANGS)
+@pytest.mark.parametrize("kind", sorted(TEMPLATE_CONTEXT))
+def test_every_verification_message_exists_in_every_language_with_its_details(kind: str, lang: str) -> None:
+    from datetime import UTC, datetime
+
+    from privbot.config import Settings
+
+    renderer = replies.Renderer(Settings().templates_dir)
+    assert lang in renderer.languages(kind)
+    ctx = {**_BASE, "due_at": datetime(2026, 4, 1, tzinfo=UTC), "received_at": datetime(2026, 3, 2, tzinfo=UTC), **TEMPLATE_CONTEXT[kind]}
+    out = renderer.render(kind, lang, **ctx)
+    assert out.language == lang and out.subject.strip()
+    assert "PRIV-000042" in out.text and "privacy@example.com" in out.text
+    if "code" in ctx:
+        assert "48291370" in out.text and "72" in out.text
+    if "account" in ctx:
+        assert "WL-77" in out.text  # staff see which account the answer is about
+    if kind == "code_wrong":
+        assert "3" in out.text
