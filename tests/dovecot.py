@@ -5,7 +5,7 @@ server or privbot dies, IDLE, STARTTLS) only mean something against a real serve
 Debian's Dovecot starts in a few tens of milliseconds.  So the session starts one from a
 throwaway configuration on free loopback ports (plain IMAP with STARTTLS, and implicit
 TLS with a self-signed certificate made on the spot), and each test gets a fresh user
-appended to the passwd-file, which Dovecot re-reads when it changes.
+with a passwd-file of its own.
 
 Usage::
 
@@ -141,8 +141,8 @@ class Dovecot:
         self.home = self.root / "home"
         self.home.mkdir()
         self.home.chmod(0o755)
-        self.passwd = self.root / "passwd"
-        self.passwd.write_text("")
+        self.passwd = self.root / "users"
+        self.passwd.mkdir()
         self.cert, self.key = _make_cert(self.root)
         self.port, self.tls_port, self.poor_port = free_port(), free_port(), free_port()
         self.conf = self.root / "dovecot.conf"
@@ -164,8 +164,11 @@ class Dovecot:
             "ssl_dh = </usr/share/dovecot/dh.pem",
             "disable_plaintext_auth = no",
             "auth_mechanisms = plain login",
-            f"passdb {{\n  driver = passwd-file\n  args = scheme=PLAIN username_format=%u {self.passwd}\n}}",
-            f"userdb {{\n  driver = passwd-file\n  args = username_format=%u {self.passwd}\n}}",
+            # One passwd-file per user: Dovecot re-reads a changed file at most once a
+            # second, but a file it has not seen yet is read at once.
+            f"passdb {{\n  driver = passwd-file\n  args = scheme=PLAIN username_format=%u {self.passwd}/%u\n}}",
+            f"userdb {{\n  driver = passwd-file\n  args = username_format=%u {self.passwd}/%u\n}}",
+            "auth_failure_delay = 0",
             f"mail_location = maildir:{self.home}/%u/Maildir",
             f"first_valid_uid = {uid}",
             f"first_valid_gid = {gid}",
@@ -229,8 +232,9 @@ class Dovecot:
             (maildir / sub).mkdir(parents=True, exist_ok=True)
         for path in (self.home / user, maildir, *(maildir / s for s in ("cur", "new", "tmp"))):
             os.chown(path, uid, gid)
-        with self.passwd.open("a") as fh:
-            fh.write(f"{user}:{{PLAIN}}{password}:{uid}:{gid}::{self.home / user}::\n")
+        entry = self.passwd / f"{user}.tmp"
+        entry.write_text(f"{user}:{{PLAIN}}{password}:{uid}:{gid}::{self.home / user}::\n")
+        entry.rename(self.passwd / user)
         return Account(self, user, password)
 
     def cleanup(self) -> None:
