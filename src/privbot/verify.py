@@ -16,8 +16,8 @@ is proven does privbot look the address up and draft either the substantive answ
 (``answer_<intent>`` with the account's details) or "we hold no account for this
 address" (``no_account``) — always for staff approval.
 
-Codes are 8 random digits, stored only as an Argon2id hash (salted; a stolen table gives
-no code), valid ``PRIVBOT_VERIFICATION_CODE_HOURS`` (72), locked after
+Codes are 8 random digits, stored only as a salted HMAC-SHA256 under a server key (a
+stolen table without the key gives no code), valid ``PRIVBOT_VERIFICATION_CODE_HOURS`` (72), locked after
 ``PRIVBOT_VERIFICATION_MAX_ATTEMPTS`` (5) wrong tries, with staff told.  Attempts are
 counted by a conditional UPDATE, so two processes handling two replies at once can never
 allow a sixth try.  Every attempt goes into the audit trail (never the code itself).
@@ -30,15 +30,17 @@ run the whole "code given → verified → answers drafted" step.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
+import os
 import re
 import secrets
+import threading
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -136,9 +138,6 @@ def _mailbox_is_enough(needs: set[str]) -> bool:
 # ---------------------------------------------------------------------------- codes
 
 CODE_DIGITS = 8
-#: Argon2id at OWASP's minimum: ~25 ms a hash here, which makes trying all 10^8 codes
-#: against a stolen hash take core-months while a code lives three days.
-_HASHER = PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1)
 #: a code in a reply: 8 digits, possibly written as "1234 5678" or "1234-5678"; never
 #: part of a longer number or of a ticket reference
 _CODE_RE = re.compile(r"(?<![\w-])(\d{4})[ \-]?(\d{4})(?![\w-])")
@@ -151,19 +150,66 @@ def new_code() -> str:
     return f"{secrets.randbelow(10**CODE_DIGITS):0{CODE_DIGITS}d}"
 
 
-def hash_code(code: str) -> str:
-    return _HASHER.hash(_digits(code))
+def server_key(settings: Settings) -> bytes:
+    """The secret that keys code hashes: ``PRIVBOT_VERIFY_SECRET``, else a random key
+    created once in ``<data dir>/verify.key`` (mode 0600).
+
+    Keyed HMAC rather than a slow password hash: a stolen ``challenges`` table without the
+    key gives no code, and hashing costs microseconds instead of the ~25 ms of Argon2 that
+    would cap intake at a few dozen requests a second.  Processes on several hosts that
+    share one database must share the key (set ``PRIVBOT_VERIFY_SECRET`` everywhere).
+    """
+    if settings.verify_secret:
+        return settings.verify_secret.encode()
+    path = settings.data_dir / "verify.key"
+    with _KEY_LOCK:
+        cached = _KEYS.get(str(path))
+        if cached is None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                cached = bytes.fromhex(path.read_text().strip())
+            else:
+                cached = secrets.token_bytes(32)
+                with os.fdopen(fd, "w") as fh:
+                    fh.write(cached.hex() + "\n")
+            _KEYS[str(path)] = cached
+        return cached
+
+
+_KEYS: dict[str, bytes] = {}
+_KEY_LOCK = threading.Lock()
+
+
+def _key_id(key: bytes) -> str:
+    return hashlib.sha256(b"privbot-verify-key-id\0" + key).hexdigest()[:8]
+
+
+def hash_code(settings: Settings, code: str) -> str:
+    """``hmac-sha256$<key id>$<salt>$<mac>``: salted, so equal codes never look equal."""
+    key = server_key(settings)
+    salt = secrets.token_hex(8)
+    mac = hmac.new(key, f"{salt}\0{_digits(code)}".encode(), hashlib.sha256).hexdigest()
+    return f"hmac-sha256${_key_id(key)}${salt}${mac}"
 
 
 def _digits(code: str) -> str:
     return re.sub(r"\D", "", code or "")
 
 
-def _matches(code_hash: str, code: str) -> bool:
-    try:
-        return _HASHER.verify(code_hash, _digits(code))  # constant-time comparison inside
-    except (VerificationError, InvalidHashError):
+def _matches(settings: Settings, code_hash: str, code: str) -> bool:
+    scheme, _, rest = code_hash.partition("$")
+    key_id, salt, mac = (rest.split("$") + ["", "", ""])[:3]
+    key = server_key(settings)
+    if scheme != "hmac-sha256" or not mac:
         return False
+    if key_id != _key_id(key):
+        # Another process issued this code with another key: no code can ever match.
+        log.error("verification key differs from the one that issued this code: set PRIVBOT_VERIFY_SECRET alike everywhere")
+        return False
+    expected = hmac.new(key, f"{salt}\0{_digits(code)}".encode(), hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, mac)
 
 
 def find_codes(text: str) -> list[str]:
@@ -198,7 +244,7 @@ def issue_challenge(session: Session, settings: Settings, address: str, *, ticke
     challenge = Challenge(
         ticket_id=ticket_id,
         address=address[:320],
-        code_hash=hash_code(code),
+        code_hash=hash_code(settings, code),
         created_at=now,
         expires_at=now + timedelta(hours=settings.verification_code_hours),
         attempts=0,
@@ -225,7 +271,7 @@ def _attempt(session: Session, settings: Settings, challenge: Challenge, candida
     session.refresh(challenge)
     result: str
     if challenge.status == "verified":
-        result = "ok" if any(_matches(challenge.code_hash, c) for c in candidates) else "wrong"
+        result = "ok" if any(_matches(settings, challenge.code_hash, c) for c in candidates) else "wrong"
     elif challenge.status == "locked":
         result = "locked"
     elif challenge.status in ("expired", "superseded") or now >= challenge.expires_at:
@@ -246,7 +292,7 @@ def _attempt(session: Session, settings: Settings, challenge: Challenge, candida
             result = "locked" if challenge.status in ("open", "locked") else ("ok" if challenge.status == "verified" else "expired")
             if challenge.status == "open":
                 challenge.status = "locked"
-        elif any(_matches(challenge.code_hash, c) for c in candidates):
+        elif any(_matches(settings, challenge.code_hash, c) for c in candidates):
             challenge.status = "verified"
             challenge.verified_at = now
             result = "ok"
@@ -459,6 +505,15 @@ def on_new_ticket(services: Services, session: Session, ticket: Ticket, inbound:
     needs = ticket_needs(settings, ticket)
     if ticket.verified:
         return {}
+    if inbound.chat_id is not None:
+        # The chat channel opens a ticket only once the address is proven there (a code
+        # typed in the chat, or a chat bound to it by an earlier code): no second code.
+        from privbot.chat import proof_for
+
+        how = proof_for(session, ticket, inbound)
+        if how:
+            complete_verification(services, session, ticket, how)
+            return {}
     if not needs - {"second_approval"}:
         complete_verification(services, session, ticket, "policy: no proof needed")
         return {}
