@@ -272,6 +272,21 @@ def cmd_accounts_import(args: argparse.Namespace, settings: Settings) -> int:
     return run(args, settings)
 
 
+def cmd_staff_add(args: argparse.Namespace, settings: Settings) -> int:
+    from privbot.web.auth import StaffError, add_staff, read_password
+
+    password = read_password()
+    services = _services(settings)
+    try:
+        with services.db.transaction() as session:
+            staff = add_staff(session, args.email, args.role, password, actor="cli")
+            email, role = staff.email, staff.role
+    except StaffError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"staff {email} added as {role}")
+    return 0
+
+
 # ---------------------------------------------------------------------------- wiring
 
 
@@ -331,6 +346,12 @@ def build_parser() -> argparse.ArgumentParser:
     ai = accounts_sub.add_parser("import", help="load known accounts from a CSV file (email, name, phone, account_id)")
     ai.add_argument("file", metavar="FILE.csv")
     ai.set_defaults(func=cmd_accounts_import)
+    sp = add("staff", lambda a, s: (_ for _ in ()).throw(UsageError("staff: say 'staff add EMAIL --role ROLE'")), "staff console accounts")
+    staff_sub = sp.add_subparsers(dest="staff_command", parser_class=_Parser)
+    sa = staff_sub.add_parser("add", help="create a staff user (password from a prompt or PRIVBOT_STAFF_PASSWORD)")
+    sa.add_argument("email")
+    sa.add_argument("--role", required=True, choices=["agent", "approver", "admin"])
+    sa.set_defaults(func=cmd_staff_add)
     for extend in EXTENSIONS:
         extend(sub)
     return p

@@ -234,15 +234,18 @@ class ApprovalError(Exception):
 FOUR_EYES = frozenset({"deletion", "cancellation"})
 
 
-def approve(session: Session, settings: Settings, ticket: Ticket, staff_email: str) -> Draft:
-    """Approve the ticket's pending draft and send it (via the outbox)."""
-    draft = session.scalar(
-        select(Draft).where(Draft.ticket_id == ticket.id, Draft.status == "pending").order_by(Draft.id.desc()).limit(1)
-    )
+def approve(session: Session, settings: Settings, ticket: Ticket, staff_email: str, *, draft_id: int | None = None) -> Draft:
+    """Approve the ticket's pending draft (the newest, or ``draft_id``) and send it (via the outbox)."""
+    query = select(Draft).where(Draft.ticket_id == ticket.id, Draft.status == "pending")
+    if draft_id is not None:
+        query = query.where(Draft.id == draft_id)
+    draft = session.scalar(query.order_by(Draft.id.desc()).limit(1))
     if draft is None:
         raise ApprovalError(f"{ticket.ref} has no draft waiting for approval")
-    if ticket.intent in FOUR_EYES and draft.edited_by and draft.edited_by == staff_email:
-        raise ApprovalError(f"{ticket.ref}: a {ticket.intent} answer needs a second person; {staff_email} edited this draft")
+    # A multi-right ticket has one answer per right: the draft's own right counts too.
+    right = next((r for r in (draft.intent, ticket.intent) if r in FOUR_EYES), None)
+    if right and draft.edited_by and draft.edited_by == staff_email:
+        raise ApprovalError(f"{ticket.ref}: a {right} answer needs a second person; {staff_email} edited this draft")
     now = clock.now()
     draft.status = "approved"
     draft.approved_by = staff_email
@@ -259,3 +262,55 @@ def approve(session: Session, settings: Settings, ticket: Ticket, staff_email: s
         ticket.answered_at = now
     ticket.updated_at = now
     return draft
+
+
+class DraftError(Exception):
+    """The draft cannot be changed (it was already sent, approved or replaced)."""
+
+
+def edit_draft(session: Session, draft: Draft, staff_email: str, subject: str, text: str) -> Draft:
+    """Staff rewrite a pending draft; the editor is remembered for the four-eyes rule.
+
+    The HTML part rendered from the template no longer matches the edited words, so it
+    is dropped: the requester receives exactly the text that was approved.
+    """
+    if draft.status != "pending":
+        raise DraftError(f"draft #{draft.id} is {draft.status}; only a pending draft can be edited")
+    ticket = session.get(Ticket, draft.ticket_id)
+    draft.subject = with_ref(header_safe(subject, 500), ticket.ref if ticket else "")
+    draft.text = text.replace("\r\n", "\n")
+    draft.html = ""
+    draft.edited_by = staff_email
+    draft.edited_at = clock.now()
+    session.flush()
+    audit.record(session, "draft_edited", actor=staff_email, ticket_id=draft.ticket_id, draft_id=draft.id)
+    return draft
+
+
+def deny(
+    session: Session, settings: Settings, renderer: Renderer, ticket: Ticket, staff_email: str, reason: str
+) -> Draft:
+    """Refuse the request: the reason goes to the requester in a ``denial`` notice.
+
+    Pending answers are marked denied (never sent), the notice is queued at once (the
+    person denying is the approver), and the ticket becomes ``rejected``.
+    """
+    reason = reason.strip()
+    if not reason:
+        raise DraftError("a denial needs a reason: the requester is told why")
+    now = clock.now()
+    for pending in session.scalars(select(Draft).where(Draft.ticket_id == ticket.id, Draft.status == "pending")):
+        pending.status = "denied"
+        pending.denial_reason = reason
+    # needs_approval: a person decided it, so it is not an automatic reply (rate limits)
+    notice = create_draft(session, settings, renderer, ticket, "denial", needs_approval=True, reason=reason)
+    notice.status = "approved"
+    notice.denial_reason = reason
+    notice.approved_by = staff_email
+    notice.approved_at = now
+    audit.record(session, "denied", actor=staff_email, ticket_id=ticket.id, draft_id=notice.id, reason=reason[:2000])
+    enqueue(session, settings, ticket, notice)
+    ticket.status = str(Status.REJECTED)
+    ticket.closed_at = now
+    ticket.updated_at = now
+    return notice

@@ -1,0 +1,206 @@
+"""Who may use the console, and proof that a form came from it.
+
+Why this module exists: the console decides what leaves the company, so every request
+must come from a known, active member of staff with the right role, and every change
+must come from a form the console itself served (CSRF).  Passwords are kept only as
+Argon2id hashes; the session is a signed cookie (itsdangerous, via Starlette's
+SessionMiddleware) that carries the staff id, a fingerprint of the password hash (a
+password change ends every other session) and the CSRF token.
+
+Roles are ranked: an approver may do what an agent does, an admin what an approver does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import threading
+from collections import deque
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from privbot import audit, clock
+from privbot.config import Settings
+from privbot.store.models import Staff
+
+#: lowest to highest; each role may do everything the roles before it may
+ROLES: tuple[str, ...] = ("agent", "approver", "admin")
+_RANK = {role: n for n, role in enumerate(ROLES)}
+MIN_PASSWORD = 10
+
+_hasher = PasswordHasher()
+#: verified against when the address is unknown, so a wrong address costs as long as a
+#: wrong password and the login form does not reveal who has an account
+_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+
+class StaffError(Exception):
+    """A staff account cannot be created or changed as asked."""
+
+
+@dataclass(frozen=True)
+class StaffUser:
+    """The signed-in person, detached from any database session."""
+
+    id: int
+    email: str
+    role: str
+
+    def can(self, role: str) -> bool:
+        return _RANK.get(self.role, -1) >= _RANK[role]
+
+
+def normalise_email(email: str) -> str:
+    email = (email or "").strip().lower()
+    local, at, host = email.partition("@")
+    if not (local and at and host) or "@" in host or any(c.isspace() for c in email) or len(email) > 320:
+        raise StaffError(f"not an email address: {email!r}")
+    return email
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def check_password(password_hash: str, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def fingerprint(password_hash: str) -> str:
+    """Stored in the session: changes when the password does, reveals nothing of it."""
+    return hashlib.sha256(password_hash.encode()).hexdigest()[:16]
+
+
+def add_staff(session: Session, email: str, role: str, password: str, *, actor: str = "cli") -> Staff:
+    email = normalise_email(email)
+    if role not in ROLES:
+        raise StaffError(f"unknown role {role!r}; one of: {', '.join(ROLES)}")
+    if len(password) < MIN_PASSWORD:
+        raise StaffError(f"the password must have at least {MIN_PASSWORD} characters")
+    if session.scalar(select(Staff.id).where(func.lower(Staff.email) == email)) is not None:
+        raise StaffError(f"staff {email} already exists")
+    staff = Staff(email=email, password_hash=hash_password(password), role=role, active=True, created_at=clock.now())
+    session.add(staff)
+    session.flush()
+    audit.record(session, "staff_added", actor=actor, staff=email, role=role)
+    return staff
+
+
+def set_staff(session: Session, staff: Staff, *, actor: str, role: str | None = None, active: bool | None = None) -> None:
+    if role is not None:
+        if role not in ROLES:
+            raise StaffError(f"unknown role {role!r}")
+        staff.role = role
+    if active is not None:
+        staff.active = active
+    audit.record(session, "staff_changed", actor=actor, staff=staff.email, role=staff.role, active=staff.active)
+
+
+def authenticate(session: Session, email: str, password: str) -> Staff | None:
+    """The active staff member with this address and password, else None."""
+    try:
+        email = normalise_email(email)
+    except StaffError:
+        check_password(_DUMMY_HASH, password)
+        return None
+    staff = session.scalar(select(Staff).where(func.lower(Staff.email) == email))
+    if staff is None or not staff.active:
+        check_password(_DUMMY_HASH, password)
+        return None
+    return staff if check_password(staff.password_hash, password) else None
+
+
+def session_user(session: Session, data: dict[str, object]) -> StaffUser | None:
+    """The staff member a session cookie names, if still active with the same password."""
+    staff_id = data.get("sid")
+    if not isinstance(staff_id, int):
+        return None
+    staff = session.get(Staff, staff_id)
+    if staff is None or not staff.active or not hmac.compare_digest(str(data.get("fp", "")), fingerprint(staff.password_hash)):
+        return None
+    return StaffUser(staff.id, staff.email, staff.role)
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def tokens_match(expected: object, given: object) -> bool:
+    return isinstance(expected, str) and isinstance(given, str) and bool(expected) and hmac.compare_digest(expected, given)
+
+
+def load_secret(settings: Settings) -> str:
+    """``PRIVBOT_WEB_SECRET``, else a random one kept in ``<data dir>/web_secret`` (0600)
+    so sessions survive a restart and every process on this data dir shares it."""
+    if settings.web_secret:
+        return settings.web_secret
+    path = Path(settings.data_dir) / "web_secret"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_urlsafe(48))
+    return path.read_text().strip()
+
+
+class Throttle:
+    """At most ``limit`` failed logins per key (address, client) in ``window``; then the
+    key is refused until its oldest failure leaves the window.  Per process, in memory:
+    enough to make guessing slow, and a restart forgives no more than a window would."""
+
+    def __init__(self, limit: int = 5, window: timedelta = timedelta(minutes=15)) -> None:
+        self.limit, self.window = limit, window
+        self._failures: dict[str, deque[object]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, key: str) -> deque[object]:
+        cutoff = clock.now() - self.window
+        q = self._failures.setdefault(key, deque())
+        while q and q[0] < cutoff:  # type: ignore[operator]
+            q.popleft()
+        return q
+
+    def blocked(self, *keys: str) -> bool:
+        with self._lock:
+            return any(len(self._recent(k)) >= self.limit for k in keys)
+
+    def failed(self, *keys: str) -> None:
+        with self._lock:
+            for k in keys:
+                self._recent(k).append(clock.now())
+
+    def succeeded(self, *keys: str) -> None:
+        with self._lock:
+            for k in keys:
+                self._failures.pop(k, None)
+
+
+def read_password() -> str:
+    """``PRIVBOT_STAFF_PASSWORD``, else asked twice on the terminal (never echoed)."""
+    import getpass
+    import sys
+
+    from privbot.cli import UsageError
+
+    password = os.environ.get("PRIVBOT_STAFF_PASSWORD")
+    if password:
+        return password
+    if not sys.stdin.isatty():
+        raise UsageError("no password: set PRIVBOT_STAFF_PASSWORD or run on a terminal to be asked")
+    password = getpass.getpass("Password: ")
+    if getpass.getpass("Again: ") != password:
+        raise UsageError("the two passwords differ")
+    return password
