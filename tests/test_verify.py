@@ -399,11 +399,35 @@ def test_codes_are_stored_hashed_and_never_written_to_the_audit_trail(services: 
     with services.db.transaction() as s:
         challenge, code = verify.issue_challenge(s, services.settings, "bob@example.org")
         assert len(code) == 8 and code.isdigit()
-        assert code not in challenge.code_hash and challenge.code_hash.startswith("$argon2id$")
+        assert code not in challenge.code_hash and challenge.code_hash.startswith("hmac-sha256$")
         assert verify.check_code(s, services.settings, challenge, "00000000" if code != "00000000" else "11111111") == "wrong"
         assert verify.check_code(s, services.settings, challenge, code) == "ok"
         trail = json.dumps([a.detail for a in s.scalars(select(AuditEntry))])
     assert code not in trail
+
+
+def test_the_code_key_is_kept_private_in_the_data_dir_and_a_shared_secret_works_across_hosts(services: Services, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import stat
+
+    from privbot.app import build_services
+    from tests.conftest import make_settings
+
+    with services.db.transaction() as s:
+        _c1, code1 = verify.issue_challenge(s, services.settings, "bob@example.org")
+    key_file = services.settings.data_dir / "verify.key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    # a second process on another host (own data dir) with no shared secret cannot check it ...
+    other = build_services(make_settings(tmp_path / "host2", services.settings.database_url), migrate=False)
+    with other.db.transaction() as s:
+        c1 = s.get(Challenge, _c1.id)
+        assert verify.check_code(s, other.settings, c1, code1) == "wrong"  # type: ignore[arg-type]
+    # ... while hosts configured with the same PRIVBOT_VERIFY_SECRET share codes
+    services.settings.verify_secret = other.settings.verify_secret = "s3cret-shared-by-all-hosts"
+    with services.db.transaction() as s:
+        c2, code2 = verify.issue_challenge(s, services.settings, "bob@example.org")
+    with other.db.transaction() as s:
+        assert verify.check_code(s, other.settings, s.get(Challenge, c2.id), code2) == "ok"  # type: ignore[arg-type]
+    other.db.dispose()
 
 
 def test_check_code_counts_attempts_locks_at_the_limit_and_refuses_expired_codes(services: Services, frozen_clock: object) -> None:

@@ -97,6 +97,9 @@ class Settings:
     #: returning email, name, phone, account_id; consulted after the imported directory
     accounts_sql_url: str = ""
     accounts_sql_query: str = ""
+    #: key for hashing one-time codes; empty: a random key kept in <data dir>/verify.key
+    #: (processes on several hosts sharing one database must all set the same value)
+    verify_secret: str = ""
     #: authserv-ids of the mail servers whose Authentication-Results headers we trust
     #: (comma-separated); empty: IMAP trusts its server's topmost header, SMTP trusts none
     trusted_authserv_ids: str = ""
