@@ -84,6 +84,7 @@ class FakeBotAPI:
         self.hold_sends.clear()
         if self._server is not None:
             self._server.should_exit = True
+            self._server.force_exit = True  # do not wait out a long poll in flight
         if self._thread is not None:
             self._thread.join(timeout=10)
 

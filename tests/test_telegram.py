@@ -57,11 +57,15 @@ async def deliver(services: Services) -> outbox.DeliveryReport:
 
 async def code_mailed_to(services: Services, address: str) -> str:
     """The code in the newest mail to ``address``, once the outbox has delivered it."""
-    await deliver(services)
-    with services.db.transaction() as s:
-        items = s.scalars(
-            select(OutboxItem).where(OutboxItem.channel == "email", OutboxItem.recipient == address).order_by(OutboxItem.id.desc())
-        ).all()
+    for _ in range(100):  # under ``privbot run`` the scheduler's own sweep may be sending it
+        await deliver(services)
+        with services.db.transaction() as s:
+            items = s.scalars(
+                select(OutboxItem).where(OutboxItem.channel == "email", OutboxItem.recipient == address).order_by(OutboxItem.id.desc())
+            ).all()
+        if items and items[0].status == "sent":
+            break
+        await asyncio.sleep(0.05)
     assert items and items[0].status == "sent", f"no mail delivered to {address}"
     mail = message_from_bytes(items[0].payload, policy=default)
     found = CODE_LINE.search(mail.get_body(("plain",)).get_content())  # type: ignore[union-attr]
@@ -336,3 +340,85 @@ def test_webhook_mode_needs_https(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="WEBHOOK_URL"):
         load_settings(environ={"PRIVBOT_DATA_DIR": str(tmp_path), "PRIVBOT_TELEGRAM_WEBHOOK_URL": "http://bot.example.com/telegram"})
+
+
+async def test_privbot_run_starts_the_bot_and_its_sweeps_deliver_approved_chat_replies(
+    tg_settings: Settings, services: Services, api: FakeBotAPI
+) -> None:
+    from privbot.service import serve
+
+    tg_settings.outbox_interval = 0.2
+    stop = asyncio.Event()
+    running = asyncio.create_task(serve(services, stop))
+    try:
+        hana = User(api, 555)
+        await open_by_chat(services, hana, "I would like to access my personal data", "hana@example.org")
+        await hana.expect("We have registered your request")  # the acknowledgement, by the outbox sweep
+        with services.db.transaction() as s:
+            ticket = s.scalars(select(Ticket)).one()
+            draft = replies.create_draft(s, services.settings, services.renderer, ticket, "answer", template="acknowledgement")
+            draft.text = "Your data: name Hana."
+        with services.db.transaction() as s:
+            replies.approve(s, services.settings, s.get(Ticket, ticket.id), "officer@example.com")
+        await hana.expect("Your data: name Hana.")
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 15)
+
+
+async def test_webhook_mode_answers_only_telegrams_signed_calls_after_commit(
+    tg_settings: Settings, services: Services, api: FakeBotAPI
+) -> None:
+    import httpx
+
+    from tests.support import free_port
+
+    port = free_port()
+    tg_settings.telegram_webhook_url = "https://bot.example.com/telegram"
+    tg_settings.telegram_webhook_listen = f"127.0.0.1:{port}"
+    tg_settings.telegram_webhook_secret = "s3cret-token"
+    component = TelegramComponent(services)
+    await component.start()
+    try:
+        assert api.webhook and api.webhook["url"] == "https://bot.example.com/telegram" and api.webhook["secret_token"] == "s3cret-token"
+        ivan = User(api, 666)
+        update = {"update_id": 9001, "message": {"message_id": 3, "date": 0, "chat": {"id": 666, "type": "private"},
+                                                 "from": {"id": 666, "is_bot": False, "first_name": "Ivan"}, "text": "/help",
+                                                 "entities": [{"type": "bot_command", "offset": 0, "length": 5}]}}
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            forged = await client.post("/telegram", json=update, headers={"X-Telegram-Bot-Api-Secret-Token": "guess"})
+            assert forged.status_code == 403
+            assert ivan.messages == []
+            ok = await client.post("/telegram", json=update, headers={"X-Telegram-Bot-Api-Secret-Token": "s3cret-token"})
+            assert ok.status_code == 200
+            assert "/status" in ivan.messages[-1].text  # answered before the 200
+            again = await client.post("/telegram", json=update, headers={"X-Telegram-Bot-Api-Secret-Token": "s3cret-token"})
+            assert again.status_code == 200 and len(ivan.messages) == 1  # Telegram's retry changes nothing
+        assert "getUpdates" not in api.calls
+    finally:
+        await component.stop()
+
+
+async def test_old_updates_are_forgotten_but_polling_resumes_where_it_was(
+    services: Services, api: FakeBotAPI, bot: TelegramComponent, frozen_clock: object
+) -> None:
+    from privbot import chat
+
+    jo = User(api, 777)
+    jo.say("/help")
+    await jo.expect("/status")
+    jo.say("please erase my data")
+    await jo.expect("email address")
+    clock.fast_forward(days=31)
+    assert chat.prune(services) == "telegram: 1 old updates forgotten, 1 abandoned conversations reset"
+    assert chat.Conversation(services).next_offset() == jo_last_update(services) + 1
+    jo.say("jo@example.org")  # the abandoned question is no longer pending: read afresh
+    shown = await jo.quiet(1.0)
+    assert shown and not any("I have sent" in m.text for m in shown)
+    with services.db.transaction() as s:
+        assert s.scalar(select(func.count()).select_from(Challenge)) == 0
+
+
+def jo_last_update(services: Services) -> int:
+    with services.db.transaction() as s:
+        return int(s.scalar(select(func.max(TelegramUpdate.update_id))))

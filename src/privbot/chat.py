@@ -517,6 +517,35 @@ class Conversation:
         return Handled(event.update_id, outcome, [Reply(text)])
 
 
+#: handled updates are kept this long (re-deliveries come within Telegram's 24 hours)
+KEEP_UPDATES = timedelta(days=30)
+#: a conversation left half-way (address or code never given) is forgotten after this
+STALE_CONVERSATION = timedelta(days=7)
+
+
+def prune(services: Services) -> str:
+    """The hourly sweep: forget old handled updates (but never the newest, which the
+    poll offset is derived from) and conversations abandoned half-way."""
+    from sqlalchemy import delete
+
+    now = clock.now()
+    with services.db.transaction() as session:
+        newest = session.scalar(select(func.max(TelegramUpdate.update_id)))
+        if newest is None:
+            return "telegram: nothing to prune"
+        forgotten = session.execute(
+            delete(TelegramUpdate).where(
+                TelegramUpdate.processed_at < now - KEEP_UPDATES, TelegramUpdate.replied.is_(True), TelegramUpdate.update_id < newest
+            )
+        ).rowcount
+        stale = 0
+        for chat in session.scalars(select(TelegramChat).where(TelegramChat.updated_at < now - STALE_CONVERSATION)):
+            if (chat.state or {}).get("step", "idle") not in ("idle", "opening"):
+                chat.state = {"step": "idle"}
+                stale += 1
+    return f"telegram: {forgotten or 0} old updates forgotten, {stale} abandoned conversations reset"
+
+
 def event_as_dict(event: ChatEvent) -> dict[str, Any]:
     """For logs and debugging: the event without its text."""
     data = asdict(event)

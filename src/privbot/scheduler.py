@@ -60,6 +60,15 @@ def retention_sweep(services: Services) -> str:
 # retention purge hourly.  Importing deadlines installs the UK clock-stop listener.
 SWEEPS.append(("deadlines", deadline_sweep, 60.0))
 SWEEPS.append(("retention", retention_sweep, 3600.0))
+
+
+def telegram_sweep(services: Services) -> str:
+    from privbot import chat  # late: chat pulls in the verification module
+
+    return chat.prune(services)
+
+
+SWEEPS.append(("telegram", telegram_sweep, 3600.0))
 from privbot import deadlines as _deadlines  # noqa: E402,F401
 
 
