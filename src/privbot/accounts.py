@@ -223,7 +223,10 @@ def read_rows(data: bytes, *, check_deliverability: bool = False) -> tuple[list[
 def import_rows(session: Session, rows: list[tuple[int, dict[str, str]]]) -> ImportReport:
     """Insert or update accounts by address (importing the same file twice changes nothing)."""
     report = ImportReport()
-    existing = {a.email: a for a in session.scalars(select(Account).where(Account.email.in_([r["email"] for _, r in rows])))} if rows else {}
+    existing: dict[str, Account] = {}
+    emails = [r["email"] for _, r in rows]
+    for i in range(0, len(emails), 500):  # bounded IN lists: SQLite caps bound parameters
+        existing.update((a.email, a) for a in session.scalars(select(Account).where(Account.email.in_(emails[i : i + 500]))))
     for _line, row in rows:
         account = existing.get(row["email"])
         values = {k: row.get(k, "") for k in ("name", "phone", "account_id")}
