@@ -390,3 +390,112 @@ def test_an_admin_adds_staff_who_can_then_log_in(app: object, clients: dict[str,
     assert "carol@corp.example added as agent" in clients["admin"].get("/staff").text
     assert logged_in(app, "carol@corp.example", "a long password").get("/staff").status_code == 403
     assert post(clients["bob"], "/staff", {"email": "x@corp.example", "role": "admin", "password": "a long password"}).status_code == 403  # type: ignore[attr-defined]
+
+
+def test_staff_never_see_the_one_time_code_sent_to_the_requester(services: Services, clients: dict[str, TestClient]) -> None:
+    ref = open_ticket(services)
+    with services.db.transaction() as s:
+        ack = s.scalar(select(OutboxItem).where(OutboxItem.ticket_id == int(ref[5:])))
+        assert ack is not None
+        payload = ack.payload.decode("utf-8", "replace")
+    code = re.search(r"^\s+(\d{6,10})\s*$", payload, re.M)
+    assert code, "the acknowledgement carries a code"
+    page = clients["agent"].get(f"/tickets/{ref}").text
+    assert "We have received your privacy request" in page
+    assert code.group(1) not in page and "••••••" in page
+
+
+# ---------------------------------------------------------------------------- command-line parity
+
+
+def _cli_env(monkeypatch: pytest.MonkeyPatch, services: Services) -> None:
+    monkeypatch.setenv("PRIVBOT_DATA_DIR", str(services.settings.data_dir))
+    monkeypatch.setenv("PRIVBOT_DATABASE_URL", services.settings.db_url)
+    monkeypatch.setenv("PRIVBOT_SMTP_LISTEN", "")
+
+
+def test_staff_add_from_the_command_line_creates_a_login(monkeypatch: pytest.MonkeyPatch, services: Services,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from privbot import cli
+
+    monkeypatch.undo()  # the real Argon2 cost, as in production
+    _cli_env(monkeypatch, services)
+    monkeypatch.setenv("PRIVBOT_STAFF_PASSWORD", "s3cret enough pass")
+    assert cli.main(["staff", "add", "Dana@Corp.example", "--role", "approver"]) == 0
+    assert "staff dana@corp.example added as approver" in capsys.readouterr().out
+    assert cli.main(["staff", "add", "dana@corp.example", "--role", "admin"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    monkeypatch.setenv("PRIVBOT_STAFF_PASSWORD", "short")
+    assert cli.main(["staff", "add", "eve@corp.example", "--role", "agent"]) == 2
+    assert "at least 10 characters" in capsys.readouterr().err
+    with services.db.transaction() as s:
+        person = s.scalar(select(Staff).where(Staff.email == "dana@corp.example"))
+        assert person is not None and person.password_hash.startswith("$argon2id$") and "s3cret" not in person.password_hash
+    c = logged_in(create_app(services), "dana@corp.example", "s3cret enough pass")
+    assert c.get("/audit").status_code == 200
+
+
+def test_audit_verify_names_the_first_altered_entry(monkeypatch: pytest.MonkeyPatch, services: Services,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from sqlalchemy import delete, update
+
+    from privbot import cli
+
+    _cli_env(monkeypatch, services)
+    for n in range(3):
+        open_ticket(services, sender=f"p{n}@example.org", body=f"delete my data {n}")
+    assert cli.main(["audit", "verify"]) == 0
+    assert "audit trail intact" in capsys.readouterr().out
+    with services.db.transaction() as s:
+        ids = list(s.scalars(select(AuditEntry.id).order_by(AuditEntry.id)))
+        victim, removed = ids[3], ids[6]
+        s.execute(update(AuditEntry).where(AuditEntry.id == victim).values(actor="someone-else"))
+    assert cli.main(["audit", "verify"]) == 1
+    out = capsys.readouterr().out
+    assert f"ALTERED at entry #{victim}:" in out and "altered" in out
+    with services.db.transaction() as s:  # put it back, then remove a later entry instead
+        s.execute(update(AuditEntry).where(AuditEntry.id == victim).values(actor="privbot"))
+        s.execute(delete(AuditEntry).where(AuditEntry.id == removed))
+    assert cli.main(["audit", "verify"]) == 1
+    out = capsys.readouterr().out
+    assert f"ALTERED at entry #{ids[7]}:" in out and "removed" in out
+
+
+async def test_privbot_run_serves_the_console_and_stops_it(services: Services) -> None:
+    import httpx
+
+    from privbot.service import FACTORIES
+    from privbot.web.server import web_component
+    from tests.support import free_port
+
+    port = free_port()
+    services.settings.web_listen = f"127.0.0.1:{port}"
+    assert any(getattr(f, "__name__", "") == "_web" for f in FACTORIES)
+    component = web_component(services)
+    assert component is not None and component.name == "web"
+    await component.start()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            login = await http.get("/login")
+            assert login.status_code == 200 and 'name="password"' in login.text
+            assert (await http.get("/")).headers["location"] == "/login?next=/"
+            assert (await http.get("/healthz")).status_code == 200  # the ops routes ride along, no login
+    finally:
+        await component.stop()
+    with pytest.raises(httpx.ConnectError):
+        async with httpx.AsyncClient() as http:
+            await http.get(f"http://127.0.0.1:{port}/login")
+    services.settings.web_listen = ""
+    assert web_component(services) is None
+
+
+def test_sessions_survive_a_restart_because_the_secret_is_kept_private(app: object, services: Services) -> None:
+    import stat
+
+    c = logged_in(app, "bob@corp.example")
+    secret = services.settings.data_dir / "web_secret"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600 and len(secret.read_text()) >= 40
+    restarted = TestClient(create_app(services), follow_redirects=False, cookies=dict(c.cookies))
+    assert restarted.get("/").status_code == 200
+    services.settings.web_secret = "a different configured secret"
+    assert TestClient(create_app(services), follow_redirects=False, cookies=dict(c.cookies)).get("/").status_code == 303

@@ -19,6 +19,7 @@ the reports.  It is built to be safe by construction:
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +127,20 @@ def flash(request: Request, message: str, level: str = "ok") -> None:
     request.session.setdefault("flash", []).append([level, message[:500]])
 
 
+#: messages privbot writes itself that may carry a one-time code (acknowledgements,
+#: reminders, chat codes): everything but the answers and notices staff approve
+_CODE_FREE_KINDS = frozenset({"answer", "denial", "extension"})
+_CODE = re.compile(r"(?<![\w-])\d{6,10}(?![\w-])")
+
+
+def hide_codes(text: str, kind: str = "") -> str:
+    """Staff never see a requester's one-time code: whoever reads it could prove an
+    identity that is not theirs."""
+    if kind in _CODE_FREE_KINDS:
+        return text
+    return _CODE.sub("••••••", text or "")
+
+
 def _local_path(url: str) -> str:
     """Only a path on this site may be a redirect target (no open redirect)."""
     parts = urlsplit(url or "")
@@ -154,6 +169,7 @@ class Console:
         )
         self.env.filters["when"] = lambda d: d.strftime("%Y-%m-%d %H:%M") if d else ""
         self.env.filters["day"] = lambda d: d.strftime("%Y-%m-%d") if d else ""
+        self.env.filters["hide_codes"] = hide_codes
 
     # ------------------------------------------------------------------ plumbing
 
