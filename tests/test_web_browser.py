@@ -216,3 +216,13 @@ def test_a_form_posted_without_its_csrf_token_is_refused(page: object, site: dic
     page.wait_for_selector("h1:has-text('Not allowed')")  # type: ignore[attr-defined]
     assert "did not come from the console" in page.inner_text(".flash.error")  # type: ignore[attr-defined]
     assert outbox(site, draft_id) == []
+
+
+def test_reports_draw_their_charts(page: object, site: dict[str, object]) -> None:
+    log_in(page, site, "agent@corp.example")
+    page.click("nav a:has-text('Reports')")  # type: ignore[attr-defined]
+    page.wait_for_selector("svg.chart")  # type: ignore[attr-defined]
+    assert page.locator("svg.chart").count() == 2  # type: ignore[attr-defined]
+    overdue_bar = page.locator("svg.chart").first.locator("rect[fill='#c0392b']")  # type: ignore[attr-defined]
+    assert overdue_bar.count() == 1 and overdue_bar.bounding_box()["width"] > 10
+    page.screenshot(path=str(SCREENSHOTS / "reports.png"), full_page=True)  # type: ignore[attr-defined]
