@@ -34,7 +34,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +66,9 @@ COMMAND_TIMEOUT = 120.0
 
 #: what a dropped or restarting server looks like from the client side
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (OSError, imaplib.IMAP4.abort, IMAPClientError, socket.timeout, EOFError)
+
+
+Receive = Callable[..., "IntakeResult | None"]
 
 
 class ImapConfigError(Exception):
@@ -235,8 +238,10 @@ def _is_news(response: Any) -> bool:
 class ImapWatcher:
     """The loop: connect, drain, wait, drain … until stopped; reconnect when dropped."""
 
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, *, receive: Receive = receive_email) -> None:
         self.services = services
+        #: the pipeline's entry point (the benchmark swaps in a no-op to measure IMAP alone)
+        self.receive = receive
         self.settings = services.settings
         self.stopping = threading.Event()
         #: set once logged in and the backlog drained (tests and the benchmark wait on it)
@@ -322,10 +327,14 @@ class ImapWatcher:
             uids = box.waiting()
             if not uids:
                 break
+            if len(uids) > self.settings.imap_batch:  # a backlog: say how much
+                log.info("IMAP: %d message(s) waiting in %r", len(uids), box.folder)
             for batch in box.batches(uids):
                 if self.stopping.is_set():
                     break
                 self._batch(box, batch, done)
+                if done.processed and done.processed % 1000 < len(batch):
+                    log.info("IMAP: %d taken in so far", done.processed)
         if done.processed:
             log.info("IMAP: %d message(s) taken in (%s)", done.processed,
                      ", ".join(f"{k} {v}" for k, v in sorted(done.actions.items())))
@@ -353,7 +362,7 @@ class ImapWatcher:
         leave it where it is (to be tried again)."""
         source = f"imap:{self.settings.imap_folder}/{uid}"
         try:
-            result = receive_email(self.services, raw, source=source)
+            result = self.receive(self.services, raw, source=source)
         except DatabaseUnavailable:
             raise
         except Exception as exc:
@@ -390,7 +399,7 @@ class ImapWatcher:
     def _config_problem(self, message: str) -> None:
         """Logged once per distinct problem: a wrong password is not a crash loop."""
         if message != self._config_error_logged:
-            log.error("IMAP: %s; other channels keep running; trying again every %.0f s", message, self.settings.imap_auth_retry_seconds)
+            log.error("IMAP: %s; other channels keep running; trying again every %g s", message, self.settings.imap_auth_retry_seconds)
             self._config_error_logged = message
         else:
             log.debug("IMAP: still refused: %s", message)
