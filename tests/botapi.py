@@ -84,7 +84,6 @@ class FakeBotAPI:
         self.hold_sends.clear()
         if self._server is not None:
             self._server.should_exit = True
-            self._server.force_exit = True  # do not wait out a long poll in flight
         if self._thread is not None:
             self._thread.join(timeout=10)
 
@@ -163,7 +162,7 @@ class FakeBotAPI:
                     # Telegram forgets every update below the offset: they are confirmed.
                     self._updates = [u for u in self._updates if u["update_id"] >= offset]
                 batch = self._updates[:limit]
-            if batch or time.monotonic() >= deadline:
+            if batch or time.monotonic() >= deadline or (self._server is not None and self._server.should_exit):
                 return self._ok(batch)
             await asyncio.sleep(0.02)
 

@@ -246,11 +246,13 @@ class TelegramComponent:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 60.0)
                 continue
+            # One update at a time, in order: an update is acknowledged (the offset moves
+            # past it) only once it is committed and answered, and the restart offset is
+            # derived from what is committed, so nothing later can overtake a failure.
             for update in updates:
                 try:
                     await self.bot.handle(update)
                 except Exception as exc:
-                    # Not acknowledged: the next getUpdates returns it again.
                     log.warning("telegram update %s failed (%s); retrying in %.0f s", update.update_id, type(exc).__name__, delay)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 60.0)
