@@ -15,12 +15,14 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import create_engine, event, inspect
+from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+#: PostgreSQL advisory lock key held while migrating (any constant; "privbot" in ASCII)
+_MIGRATION_LOCK = 0x707269766274
 
 
 class DatabaseUnavailable(Exception):
@@ -66,6 +68,11 @@ class Database:
         cfg = alembic_config()
         try:
             with self.engine.begin() as conn:
+                if self.dialect == "postgresql":
+                    # Several nodes starting at once on an empty database would each create
+                    # the tables and all but one fail; one at a time, the later ones find
+                    # the schema current.  Released when this transaction ends.
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
                 cfg.attributes["connection"] = conn
                 command.upgrade(cfg, "head")
         except OperationalError as exc:
