@@ -430,6 +430,28 @@ def test_the_code_key_is_kept_private_in_the_data_dir_and_a_shared_secret_works_
     other.db.dispose()
 
 
+def test_the_code_reaches_only_the_mailbox_not_the_records_staff_read(services: Services, smtp_port: int, frozen_clock: object) -> None:
+    from privbot.store.models import Message
+
+    services.settings.public_url = "https://privacy.example.com"
+    box = Mailbox(services)
+    send(smtp_port, make_mail(DELETE))
+    ack = box.one()
+    clock.fast_forward(hours=73)
+    send(smtp_port, reply_to(ack, code_in(ack)))  # expired: a fresh code by mail
+    codes = [code_in(ack), code_in(box.one())]
+    with services.db.transaction() as s:
+        records = json.dumps(
+            [[d.text, d.html] for d in s.scalars(select(Draft))]
+            + [[m.body, m.new_text] for m in s.scalars(select(Message).where(Message.direction == "out"))]
+            + [a.detail for a in s.scalars(select(AuditEntry))]
+        )
+        ack_draft = s.scalars(select(Draft).where(Draft.kind == "acknowledgement")).one()
+    for code in codes:
+        assert code not in records
+    assert "[one-time code]" in ack_draft.text
+
+
 def test_check_code_counts_attempts_locks_at_the_limit_and_refuses_expired_codes(services: Services, frozen_clock: object) -> None:
     with services.db.transaction() as s:
         challenge, code = verify.issue_challenge(s, services.settings, "bob@example.org")

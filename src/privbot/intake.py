@@ -166,6 +166,7 @@ def _open_ticket(
     extra = verify.on_new_ticket(services, session, ticket, inbound)
     draft = replies.create_draft(session, settings, services.renderer, ticket, "acknowledgement", needs_approval=False, **extra)
     replies.enqueue(session, settings, ticket, draft)
+    verify.forget_code(session, draft, extra)
     return IntakeResult("opened", ticket.ref, ticket.status_enum)
 
 
@@ -184,6 +185,7 @@ def _clarified(services: Services, session: Session, ticket: Ticket, inbound: In
     extra = verify.on_new_ticket(services, session, ticket, inbound)
     draft = replies.create_draft(session, services.settings, services.renderer, ticket, "acknowledgement", needs_approval=False, **extra)
     replies.enqueue(session, services.settings, ticket, draft)
+    verify.forget_code(session, draft, extra)
     return IntakeResult("clarified", ticket.ref, ticket.status_enum)
 
 

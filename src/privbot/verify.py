@@ -49,7 +49,7 @@ from privbot.accounts import ConnectorUnavailable, lookup_account
 from privbot.config import ConfigError, Settings
 from privbot.domain import PRIVACY_INTENTS, Inbound, Status
 from privbot.logs import mask
-from privbot.store.models import Account, Challenge, Message, OutboxItem, Ticket
+from privbot.store.models import Account, Challenge, Draft, Message, OutboxItem, Ticket
 
 if TYPE_CHECKING:
     from privbot.app import Services
@@ -419,6 +419,34 @@ def submit_code(services: Services, session: Session, ticket: Ticket, code_text:
     return "code_wrong"
 
 
+CODE_PLACEHOLDER = "[one-time code]"
+
+
+def forget_code(session: Session, draft: Draft, context: dict[str, Any]) -> None:
+    """Keep the plain code only in the outgoing mail, not in the records staff read.
+
+    The draft and the thread copy of a message that carried a code get the code (and
+    the link that embeds it) replaced, so ``privbot show``, the console and a copy of
+    the database reveal no usable code; only the outbox payload carries it to the mail
+    server.
+    """
+    code = str(context.get("code") or "")
+    if not code:
+        return
+    secrets_ = [s for s in (str(context.get("public_url") or ""), code) if s]
+
+    def scrub(text: str) -> str:
+        for s in secrets_:
+            text = text.replace(s, CODE_PLACEHOLDER)
+        return text
+
+    draft.text, draft.html = scrub(draft.text), scrub(draft.html)
+    for m in session.scalars(select(Message).where(Message.ticket_id == draft.ticket_id, Message.direction == "out", Message.kind == draft.kind)):
+        if code in (m.body or ""):
+            m.body = scrub(m.body)
+    session.flush()
+
+
 def current_challenge(session: Session, ticket_id: int) -> Challenge | None:
     return session.scalar(
         select(Challenge)
@@ -452,6 +480,7 @@ def _send(services: Services, session: Session, ticket: Ticket, template: str, *
         session, services.settings, services.renderer, ticket, kind, template=template, needs_approval=False, **context
     )
     replies.enqueue(session, services.settings, ticket, draft)
+    forget_code(session, draft, context)
 
 
 def _locked(services: Services, session: Session, ticket: Ticket, challenge: Challenge) -> None:
