@@ -106,6 +106,8 @@ def queue(session: Session, f: QueueFilter) -> tuple[list[QueueRow], bool]:
         cond = or_(func.lower(Ticket.requester).like(pattern, escape="\\"), func.lower(Ticket.requester_name).like(pattern, escape="\\"))
         stmt = stmt.where(or_(cond, Ticket.id == ref) if ref else cond)
     stmt = stmt.order_by(Ticket.due_at, Ticket.id)
+    if not f.right:  # otherwise the filter below runs first, then the cut
+        stmt = stmt.limit(QUEUE_LIMIT + 1)
     # the right matches the primary or any secondary one (a JSON list: filtered here,
     # the same on SQLite and PostgreSQL)
     tickets = [t for t in session.scalars(stmt) if not f.right or f.right == t.intent or f.right in (t.intents or [])]
