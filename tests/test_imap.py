@@ -23,7 +23,7 @@ from privbot.app import Services, build_services
 from privbot.channels.imap import ImapWatcher
 from privbot.config import Settings
 from privbot.intake import receive_email
-from privbot.store.db import Database
+from privbot.store.db import Database, DatabaseUnavailable
 from privbot.store.models import Message, OutboxItem, Shunted, Ticket
 from tests.conftest import make_settings
 from tests.dovecot import POOR_HOST, Account, Dovecot
@@ -45,7 +45,7 @@ BODIES = [
 
 def request(i: int, *, sender: str | None = None) -> bytes:
     msg = make_mail(BODIES[i % len(BODIES)], sender=sender or f"user{i}@example.org", subject=f"Request {i}")
-    return bytes(msg)
+    return msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))  # as on the wire
 
 
 def auto_reply(i: int) -> bytes:
@@ -332,3 +332,85 @@ def test_sigkill_three_times_while_draining_2000_leaves_each_message_recorded_ex
     assert per_ticket == [] and acks == [] and shunted == 0
     assert imap_account.count("INBOX") == 0
     assert imap_account.count("Processed") == n
+
+
+def test_folder_recreated_under_the_watcher_is_taken_afresh_without_double_tickets(
+    sqlite_url: str, tmp_path: Path, imap_account: Account, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Deleting and re-creating the watched folder gives it a new UIDVALIDITY: the old
+    UIDs mean nothing, and the same message delivered again is still one ticket."""
+    services = build_services(configure(make_settings(tmp_path / "var", sqlite_url), imap_account, imap_folder="Privacy"))
+    first = request(1)
+    try:
+        with watching(services) as watcher:
+            assert watcher.idle_ready.wait(20)  # "Privacy" did not exist: created
+            imap_account.append(first, "Privacy")
+            wait_for(lambda: ticket_count(services) == 1, 10, "the first ticket")
+            old = watcher.uidvalidity
+            with imap_account.client() as c:
+                c.delete_folder("Privacy")
+                c.create_folder("Privacy")
+                c.append("Privacy", first)  # the same message again, and a new one
+                c.append("Privacy", request(2))
+            wait_for(lambda: ticket_count(services) == 2 and imap_account.count("Privacy") == 0, 20, "the new folder drained")
+            assert watcher.uidvalidity != old
+        assert "UIDVALIDITY" in caplog.text
+        assert imap_account.count("Processed") == 3
+    finally:
+        services.db.dispose()
+
+
+def test_message_stays_on_the_server_while_the_database_is_down(sqlite_url: str, tmp_path: Path, imap_account: Account) -> None:
+    services = build_services(configure(make_settings(tmp_path / "var", sqlite_url), imap_account))
+    outage = {"left": 3}
+
+    def flaky_database(services: Services, raw: bytes, *, source: str) -> object:
+        if outage["left"]:
+            outage["left"] -= 1
+            raise DatabaseUnavailable("connection refused")
+        return receive_email(services, raw, source=source)
+
+    imap_account.deliver_many([request(1)])
+    try:
+        watcher = ImapWatcher(services, receive=flaky_database)
+        thread = threading.Thread(target=watcher.run, daemon=True)
+        thread.start()
+        try:
+            time.sleep(0.3)
+            assert imap_account.count("INBOX") == 1 and ticket_count(services) == 0
+            assert watcher.idle_ready.wait(30), "not taken once the database was back"
+        finally:
+            watcher.stop()
+            thread.join(10)
+        assert ticket_count(services) == 1
+        assert imap_account.count("INBOX") == 0 and imap_account.count("Processed") == 1
+    finally:
+        services.db.dispose()
+
+
+def test_message_that_crashes_even_the_shunt_goes_to_failed_after_three_tries_and_the_rest_flow(
+    sqlite_url: str, tmp_path: Path, imap_account: Account
+) -> None:
+    services = build_services(configure(make_settings(tmp_path / "var", sqlite_url), imap_account))
+    poison = request(66, sender="poison@example.org")
+
+    def pipeline(services: Services, raw: bytes, *, source: str) -> object:
+        if b"poison@example.org" in raw:
+            raise RuntimeError("disk full while keeping the message")
+        return receive_email(services, raw, source=source)
+
+    imap_account.deliver_many([poison, request(1), request(2)])
+    try:
+        watcher = ImapWatcher(services, receive=pipeline)
+        thread = threading.Thread(target=watcher.run, daemon=True)
+        thread.start()
+        try:
+            assert watcher.idle_ready.wait(30)
+        finally:
+            watcher.stop()
+            thread.join(10)
+        assert ticket_count(services) == 2
+        assert imap_account.fetch_all("Failed") == [poison]
+        assert imap_account.count("INBOX") == 0
+    finally:
+        services.db.dispose()
