@@ -55,6 +55,8 @@ class FakeBotAPI:
         self.calls: list[str] = []
         self.answered: list[str] = []
         self.webhook: dict[str, Any] | None = None
+        #: the command menu by language ("" for the default)
+        self.commands: dict[str, list[str]] = {}
         #: the next N sendMessage calls fail with HTTP 500 (Telegram having a bad moment)
         self.fail_sends = 0
         #: while set, sendMessage calls wait (a slow network the bot may be killed during)
@@ -208,6 +210,9 @@ class FakeBotAPI:
         return self._ok(True)
 
     async def _m_setMyCommands(self, p: dict[str, Any]) -> JSONResponse:
+        commands = p["commands"] if isinstance(p["commands"], list) else json.loads(p["commands"])
+        with self._lock:
+            self.commands[str(p.get("language_code", ""))] = [c["command"] for c in commands]
         return self._ok(True)
 
     @staticmethod

@@ -108,7 +108,9 @@ async def test_free_text_then_address_then_code_opens_a_verified_ticket_with_its
     assert (ticket.channel, ticket.intent, ticket.requester, ticket.chat_id) == ("telegram", "deletion", "alice@example.org", 5_123_456_789)
     # proven in the chat: no second code; the answer is drafted for staff at once
     assert ticket.verified and ticket.status == "awaiting_approval"
-    assert sent.text and api.calls[:2] == ["getMe", "deleteWebhook"] and "getUpdates" in api.calls
+    assert sent.text and api.calls[0] == "getMe" and "deleteWebhook" in api.calls and "getUpdates" in api.calls
+    assert api.calls.index("deleteWebhook") < api.calls.index("getUpdates")  # polling only once no webhook is set
+    assert api.commands[""] == ["start", "status", "cancel", "help"] and "zh" in api.commands
     await deliver(services)  # the formal acknowledgement, in the chat and (verified) by mail
     ack = await alice.expect("We have registered your request")
     assert "one-time code" not in ack.text  # proven already: no second code

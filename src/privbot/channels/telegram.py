@@ -208,6 +208,7 @@ class TelegramComponent:
             scheduler.transports_for(self.services)
         assert self.services.transports is not None
         self.services.transports["telegram"] = TelegramTransport(settings)
+        await self._set_commands()
         if settings.telegram_webhook_url:
             await self._start_webhook()
         else:
@@ -215,6 +216,20 @@ class TelegramComponent:
             self.offset = await asyncio.to_thread(self.bot.conversation.next_offset)
             self._task = asyncio.create_task(self._poll(), name="telegram-poll")
         log.info("Telegram bot @%s running (%s)", self.bot.app.bot.username, "webhook" if settings.telegram_webhook_url else "long polling")
+
+    async def _set_commands(self) -> None:
+        """The command menu, in every language the bot speaks (a nicety: never fatal)."""
+        from telegram import BotCommand
+
+        from privbot.chat import Strings, available_languages
+
+        for lang in available_languages(self.services.settings.templates_dir):
+            described = Strings(self.services, lang).section("commands")
+            commands = [BotCommand(c, described[c]) for c in COMMANDS if described.get(c)]
+            try:
+                await self.bot.app.bot.set_my_commands(commands, language_code=None if lang == "en" else lang)
+            except TelegramError as exc:
+                log.warning("could not set the bot's command menu (%s)", type(exc).__name__)
 
     async def stop(self) -> None:
         if self._task is not None:
