@@ -578,3 +578,69 @@ _HEADER_VALUES = st.one_of(
 def test_random_headers_never_raise_anything_but_unparseable(headers: list[tuple[str, str]], body: bytes) -> None:
     head = b"".join(f"{k}: {v}".encode("utf-8", "surrogateescape") + b"\r\n" for k, v in headers)
     _check(head + b"\r\n" + body)
+
+
+# ------------------------------------------------------------- fast paths, same answers
+
+_FROM_FORMS = [
+    "ann@example.org", "<ann@example.org>", "Ann Example <ann@example.org>", "Ann<ann@example.org>",
+    "  Ann  Example <ann@example.org> ", "A.B-c_d+tag@Sub.Example-Host.ORG", "O'Brien <o@b.org>",
+    "a..b@x.org", ".a@x.org", "a.@x.org", "a@x..org", "a@b", "a@-b.org", "a@b.org.", "a@b@c.org",
+    '"Ann, B" <a@b.org>', "a@b.org, c@d.org", "=?utf-8?q?v@x?= <a@b.org>", "Ann <a@b.org",
+    "ann (comment) <a@b.org>", "<a@[1.2.3.4]>", "x <a@b.org> y", "<>", "Ann\t<a@b.org>", "a@b.org (Ann)",
+    'Ann <"q"@b.org>', "Ünïcode <a@b.org>", "Ann <a@bü.org>",
+]
+
+
+@pytest.mark.parametrize("value", _FROM_FORMS)
+def test_plain_from_shortcut_reads_the_address_the_header_registry_reads(value: str) -> None:
+    from privbot.channels.parse import _PLAIN_FROM, _from_by_registry, _from_by_second_parser
+
+    assert _from_by_second_parser(value) == _from_by_registry(value)
+    if value in ("ann@example.org", "Ann Example <ann@example.org>", "A.B-c_d+tag@Sub.Example-Host.ORG"):
+        assert _PLAIN_FROM.fullmatch(value)  # the shortcut is really taken for plain forms
+
+
+def test_header_lookups_outside_a_parse_see_later_changes() -> None:
+    msg = email.message_from_bytes(raw_mail(b"please delete my data"), policy=policy.default)
+    assert auto_reply_reason(msg) is None
+    msg["Auto-Submitted"] = "auto-replied"
+    assert auto_reply_reason(msg) == "auto-reply"
+
+
+def test_messages_sharing_header_values_are_parsed_independently() -> None:
+    a = parse_email(raw_mail("Bitte löschen".encode("latin-1"), content_type="text/plain; charset=iso-8859-1"))
+    b = parse_email(raw_mail("请删除".encode("gb2312"), content_type="text/plain; charset=gb2312"))
+    c = parse_email(raw_mail("Bitte löschen".encode("latin-1"), content_type="text/plain; charset=iso-8859-1"))
+    assert (a.text, b.text, c.text) == ("Bitte löschen", "请删除", "Bitte löschen")
+
+
+@pytest.mark.parametrize("html", ["", "<p>Grüße, <b>Ann</b></p>"])
+@pytest.mark.parametrize(
+    "subject,name",
+    [("Re: Privacy request", ""), ("[PRIV-ABC] Ihre Anfrage — Löschung " * 4, "Müller, Hans"),
+     ("关于您的隐私请求", "隐私团队"), ("evil\r\nBcc: x@y.org", "a\r\nBcc: x@y.org")],
+)
+def test_outgoing_mail_is_byte_identical_to_plain_policy_smtp(monkeypatch: pytest.MonkeyPatch, html: str, subject: str, name: str) -> None:
+    import re as _re
+
+    from privbot import clock
+    from privbot.channels import mail_out
+
+    clock.freeze(datetime(2025, 4, 1, 10, 0, tzinfo=UTC))
+    try:
+        kw = dict(sender="privacy@example.com", to="Ann <ann@example.org>", subject=subject, text="Grüße\n" * 50,
+                  html=html, message_id="<m1@example.com>", in_reply_to="<a@x.org>", references=["<r@x.org>"],
+                  sender_name=name)
+        fast = mail_out.build_email(**kw)
+        monkeypatch.setattr(mail_out, "_POLICY", policy.SMTP)
+        plain = mail_out.build_email(**kw)
+    finally:
+        clock.unfreeze()
+
+    def same_boundary(b: bytes) -> bytes:
+        m = _re.search(rb'boundary="([^"]+)"', b)
+        return b.replace(m.group(1), b"B") if m else b
+
+    assert same_boundary(fast) == same_boundary(plain)
+    assert b"\nBcc:" not in fast  # no injected header line

@@ -18,8 +18,14 @@ from pathlib import Path
 from typing import Protocol
 
 from privbot import clock
+from privbot.channels.parse import fast_header_factory
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+#: ``policy.SMTP`` (CRLF, RFC 5322 folding, refuses line breaks in header values) with a
+#: header factory that does not build a new class per header and parses the values every
+#: reply repeats (MIME-Version, Content-Type, Auto-Submitted, From) once: about half of
+#: the cost of building a reply with the plain policy.
+_POLICY = SMTP.clone(header_factory=fast_header_factory())
 
 
 def header_safe(value: str, limit: int = 300) -> str:
@@ -45,7 +51,7 @@ def build_email(
     sender_name: str = "",
     auto_submitted: bool = True,
 ) -> bytes:
-    msg = EmailMessage(policy=SMTP)
+    msg = EmailMessage(policy=_POLICY)
     msg["From"] = formataddr((header_safe(sender_name), sender)) if sender_name else sender
     msg["To"] = header_safe(to)
     msg["Subject"] = header_safe(subject, 500)

@@ -36,9 +36,11 @@ import quopri
 import re
 import unicodedata
 from collections.abc import Collection
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from email import policy
+from email.headerregistry import HeaderRegistry
 from html import unescape as _html_unescape
 from html.parser import HTMLParser
 
@@ -72,6 +74,78 @@ _MAX_HTML_CHARS = 2_000_000
 #: Thread ids kept from ``References`` (long threads carry hundreds).
 _MAX_REFERENCES = 50
 _MAX_MSGID_CHARS = 998
+
+
+class _MemoHeaderFactory:
+    """``policy.default``'s header registry, remembering the headers it has parsed.
+
+    Why: the standard library parses a structured header each time it is *read*, and
+    reading one message reads ``Content-Type`` about eight times (the feed parser asks
+    for the main type, the boundary and the subtype; we ask for the type and the
+    charset).  Header objects are immutable, so the same (name, value) can share one;
+    and most mail repeats a few values ("text/plain; charset=utf-8") across messages.
+    Bounded, so hostile mail cannot grow it without limit.
+    """
+
+    MAX_ENTRIES = 2048
+    MAX_VALUE_CHARS = 1024  # longer values are parsed afresh (rare, and not worth keeping)
+
+    def __init__(self, registry: HeaderRegistry) -> None:
+        self._registry = registry
+        self._cache: dict[tuple[str, str], object] = {}
+
+    def __call__(self, name: str, value):  # type: ignore[no-untyped-def]
+        if type(value) is not str or len(value) > self.MAX_VALUE_CHARS:
+            return self._registry(name, value)
+        key = (name, value)
+        header = self._cache.get(key)
+        if header is None:
+            header = self._registry(name, value)
+            if len(self._cache) >= self.MAX_ENTRIES:
+                self._cache.clear()
+            self._cache[key] = header
+        return header
+
+    def __getitem__(self, name: str) -> type:
+        return self._registry[name]  # the policy asks for a header's class (max_count)
+
+    def map_to_type(self, name: str, cls: type) -> None:
+        self._cache.clear()
+        self._registry.map_to_type(name, cls)
+
+
+class CachedHeaderRegistry(HeaderRegistry):
+    """The standard header registry without its per-call class creation.
+
+    ``HeaderRegistry.__getitem__`` builds a brand-new class (``type(...)``) every time a
+    header is read or set -- about 40 µs, more than parsing most headers.  The class it
+    builds depends only on the header name, so it is made once per name here.  Also
+    used for outgoing mail (:mod:`privbot.channels.mail_out`).
+    """
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        self._classes: dict[str, type] = {}
+        super().__init__(*args, **kwargs)
+
+    def map_to_type(self, name, cls):  # type: ignore[no-untyped-def]
+        self._classes.clear()
+        super().map_to_type(name, cls)
+
+    def __getitem__(self, name):  # type: ignore[no-untyped-def]
+        key = name.lower()
+        cls = self._classes.get(key)
+        if cls is None:
+            cls = self._classes[key] = super().__getitem__(name)
+        return cls
+
+
+def fast_header_factory() -> _MemoHeaderFactory:
+    """A drop-in ``header_factory`` for an ``EmailPolicy``: same header objects, made cheaply."""
+    return _MemoHeaderFactory(CachedHeaderRegistry())
+
+
+#: ``policy.default`` with the remembering header factory (same parsing, read once).
+_POLICY = policy.default.clone(header_factory=fast_header_factory())
 
 
 class UnparseableMessage(Exception):
@@ -313,6 +387,27 @@ def clean_header_text(value: str) -> str:
 
 # ----------------------------------------------------------------------- headers
 
+#: While :func:`parse_email` runs: each message part's headers by lower-case name, read
+#: once (one message asks for about thirty headers; scanning them all each time cost
+#: more than parsing the body).  Scoped to one parse, so a Message changed later by
+#: someone else is never read from a stale index.
+_HEADER_INDEX: ContextVar[dict[int, tuple[email.message.Message, dict[str, list[str]]]] | None] = ContextVar(
+    "privbot_parse_header_index", default=None
+)
+
+
+def _index_headers(msg: email.message.Message) -> dict[str, list[str]]:
+    index: dict[str, list[str]] = {}
+    try:
+        items = msg.raw_items() if hasattr(msg, "raw_items") else msg.items()
+        for key, val in items:
+            if isinstance(key, str):
+                index.setdefault(key.strip().lower(), []).append(_unfold(str(val)))
+    except Exception:  # noqa: BLE001 - a header we cannot read is a header we lack
+        pass
+    return index
+
+
 def _raw_headers(msg: email.message.Message, name: str) -> list[str]:
     """All raw values of a header, unparsed.
 
@@ -320,6 +415,13 @@ def _raw_headers(msg: email.message.Message, name: str) -> list[str]:
     make that parsing fail or lose bytes; the raw strings never do.
     """
     lname = name.lower()
+    cache = _HEADER_INDEX.get()
+    if cache is not None:
+        entry = cache.get(id(msg))
+        if entry is None or entry[0] is not msg:
+            entry = (msg, _index_headers(msg))  # holding msg keeps its id from being reused
+            cache[id(msg)] = entry
+        return list(entry[1].get(lname, ()))
     out: list[str] = []
     try:
         items = msg.raw_items() if hasattr(msg, "raw_items") else msg.items()
@@ -439,14 +541,32 @@ def _parse_from(msg: email.message.Message, hint: str | None) -> _From:
     name = clean_header_text(name)
     if normalise_address(name) == address:
         name = ""
-    unambiguous = len(found) == 1 and len(values) == 1 and _from_by_registry(values[0]) == address
+    unambiguous = len(found) == 1 and len(values) == 1 and _from_by_second_parser(values[0]) == address
     return _From(address, name, unambiguous)
+
+
+# "ann@example.org", "<ann@example.org>", "Ann Example <ann@example.org>": plain atoms and
+# a dot-atom address, where the header registry cannot read anything else (checked in
+# tests/test_parse.py).  Its full parse costs ~0.1 ms, a third of a simple message.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_FROM = re.compile(
+    rf"\s*(?:(?P<bare>{_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)"
+    rf"|(?:[A-Za-z0-9]+(?: [A-Za-z0-9]+)* ?)?<(?P<angle>{_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)>)\s*"
+)
+
+
+def _from_by_second_parser(raw: str) -> str:
+    """The From address by a parser independent of ``getaddresses`` ('' on doubt)."""
+    m = _PLAIN_FROM.fullmatch(raw)
+    if m:
+        return normalise_address(m.group("bare") or m.group("angle"))
+    return _from_by_registry(raw)
 
 
 def _from_by_registry(raw: str) -> str:
     """The From address as ``policy.default``'s header parser reads it ('' on doubt)."""
     try:
-        header = policy.default.header_factory("from", raw)
+        header = _POLICY.header_factory("from", raw)
         addresses = header.addresses  # type: ignore[attr-defined]
         if len(addresses) != 1:
             return ""
@@ -957,7 +1077,7 @@ def _repair_multipart(part: email.message.Message, depth: int, state: _Walk) -> 
             state.repaired = True  # one repair per message: no loops on hostile input
             head = b'Content-Type: multipart/mixed; boundary="' + m.group(1) + b'"\r\n\r\n'
             try:
-                fixed = email.message_from_bytes(head + data, policy=policy.default)
+                fixed = email.message_from_bytes(head + data, policy=_POLICY)
             except Exception:  # noqa: BLE001
                 fixed = None
             if fixed is not None and fixed.is_multipart():
@@ -1052,10 +1172,10 @@ def _looks_binary(raw: bytes) -> bool:
 
 def _parse_bytes(raw: bytes) -> email.message.Message:
     try:
-        return email.message_from_bytes(raw, policy=policy.default)
+        return email.message_from_bytes(raw, policy=_POLICY)
     except Exception:  # noqa: BLE001 - RecursionError on absurd nesting, or a parser bug
         # Headers only: the body stays one string and is read by the repair path.
-        return email.parser.BytesParser(policy=policy.default).parsebytes(raw, headersonly=True)
+        return email.parser.BytesParser(policy=_POLICY).parsebytes(raw, headersonly=True)
 
 
 def parse_email(
@@ -1092,6 +1212,7 @@ def parse_email(
         raise TypeError(f"parse_email() takes bytes, not {type(raw).__name__}")
     if not raw.strip():
         raise UnparseableMessage("empty message")
+    token = _HEADER_INDEX.set({})
     try:
         return _parse(raw, channel, received_at, trusted_authserv_ids)
     except UnparseableMessage:
@@ -1099,6 +1220,8 @@ def parse_email(
     except Exception as exc:  # noqa: BLE001 - the promise: bad mail never escapes as a crash
         log.exception("mail parser failed; message goes to the shunt")
         raise UnparseableMessage(f"parser failed: {type(exc).__name__}: {exc}"[:300]) from exc
+    finally:
+        _HEADER_INDEX.reset(token)
 
 
 def _parse(
