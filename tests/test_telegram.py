@@ -182,11 +182,14 @@ async def test_a_bound_chat_skips_the_address_but_deletion_still_needs_a_fresh_c
     carol = User(api, 88)
     await open_by_chat(services, carol, "Send me a copy of my personal data please", "carol@example.org")
     carol.say("/start")
-    await carol.expect("Hello")
+    greeting = await carol.expect("Hello")
     carol.press("Withdraw my consent")
-    done = await carol.expect("PRIV-000002")
+    done = await carol.expect("PRIV-000002")  # no address asked, no code: the chat is bound
+    assert not any("email address" in m.text for m in carol.messages[3:])
     assert "withdrawal of your consent" in done.text
-    carol.press  # noqa: B018 — the keyboard is gone from that message now
+    with pytest.raises(AssertionError, match="no button"):
+        carol.press("Withdraw my consent")  # the keyboard is gone: a second press is impossible
+    assert greeting.edited
     carol.say("Delete my data, all of it, please.")
     await carol.expect("one-time code to c***@example.org")
     carol.say(await code_mailed_to(services, "carol@example.org"))
@@ -428,3 +431,33 @@ async def test_old_updates_are_forgotten_but_polling_resumes_where_it_was(
 def jo_last_update(services: Services) -> int:
     with services.db.transaction() as s:
         return int(s.scalar(select(func.max(TelegramUpdate.update_id))))
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_every_bot_sentence_exists_and_renders_in_each_language_and_user_text_stays_text(lang: str) -> None:
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from privbot.chat import BUTTON_INTENTS, Strings, available_languages
+    from privbot.replies import Renderer
+
+    settings = Settings()
+    fake = SimpleNamespace(settings=settings, renderer=Renderer(settings.templates_dir))
+    assert lang in available_languages(settings.templates_dir)
+    english, s = Strings(fake, "en"), Strings(fake, lang)  # type: ignore[arg-type]
+    values = dict(intent="x", ref="PRIV-000042", due="d", email="a***@example.org", masked="a***@example.org",
+                  minutes=4320, left=2, privacy_address="privacy@example.com", state="s")
+    own = tomllib_load(settings.templates_dir / "telegram" / f"{lang}.toml")
+    for section in ("text", "buttons", "intents", "states", "commands"):
+        assert set(own[section]) == set(english.section(section)), f"{lang}.toml [{section}] lacks keys"
+    for key in own["text"]:
+        assert s.say(key, **values).strip()
+    assert [label for label, _ in s.buttons()] == [own["buttons"][str(i)] for i in BUTTON_INTENTS]
+    assert "{{ 7*7 }}" in s.greeting("{{ 7*7 }}") and "49" not in s.greeting("{{ 7*7 }}")
+    assert s.date(datetime(2026, 4, 1, tzinfo=UTC)) in ("01 April 2026", "2026年4月1日")
+
+
+def tomllib_load(path: Path) -> dict[str, dict[str, str]]:
+    import tomllib
+
+    return tomllib.loads(path.read_text(encoding="utf-8"))

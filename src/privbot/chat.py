@@ -225,6 +225,8 @@ class Conversation:
                 decided = self._decide(session, event, chat)
                 if decided.outcome != "opening":
                     return self._finish(session, event, chat, decided)
+                # replies decided before the opening (e.g. "You chose: ...") are shown with it
+                chat.state = {**chat.state, "before": [r.to_json() for r in decided.replies]}
         # The code checked out (or the chat is bound): open the ticket through intake(),
         # which commits on its own; the state says "opening" until the ticket is bound
         # to the chat, so a crash in between resumes here and intake's dedupe (by the
@@ -441,6 +443,7 @@ class Conversation:
             chat.state = {"step": "idle"}
             text = s.say("opened", intent=s.intent(ticket.intent), ref=ticket.ref, due=s.date(ticket.due_at), email=mask(state["email"]))
             handled = self._handled(event, "opened", text)
+            handled.replies[:0] = [Reply.from_json(r) for r in state.get("before", [])]
             handled.ticket_ref = ticket.ref
             return self._finish(session, event, chat, handled)
 
