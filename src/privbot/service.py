@@ -58,12 +58,19 @@ class SweepComponent:
 
         self.services = services
         self.scheduler = AsyncIOScheduler(timezone="UTC")
+        #: sweeps running now; stop() lets them finish their transaction instead of
+        #: cancelling them mid-way (which also logged a CancelledError per sweep)
+        self.running: set[asyncio.Task[object]] = set()
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
 
         def job(sweep: scheduler.Sweep, name: str) -> Callable[[], object]:
             async def run() -> None:
+                task = asyncio.current_task()
+                if task is not None:
+                    self.running.add(task)
+                    task.add_done_callback(self.running.discard)
                 try:
                     result = await loop.run_in_executor(None, sweep, self.services)
                     if result and not result.startswith(("outbox: 0 sent, 0 failed", "nothing")):
@@ -82,6 +89,8 @@ class SweepComponent:
 
     async def stop(self) -> None:
         self.scheduler.shutdown(wait=False)
+        if self.running:
+            await asyncio.wait(set(self.running), timeout=30)
 
 
 ComponentFactory = Callable[["Services"], "Component | None"]

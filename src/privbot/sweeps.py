@@ -72,22 +72,23 @@ def deadline_sweep(services: Services) -> str:
         claimed = _claim_due(session, now, offsets) + _claim_unconfirmed(session, now)
         if not claimed:
             return "deadlines: nothing due" + (f"; {resumed} clocks resumed" if resumed else "")
-        rows = _describe(session, claimed, now)
-        reminders = [r for r in rows if r["kind"].startswith("due-")]
-        escalations = [r for r in rows if not r["kind"].startswith("due-")]
         mailed = 0
-        for template, batch in (("staff_reminder", reminders), ("staff_escalation", escalations)):
-            if batch and _mail_staff(services, session, template, batch, now):
+        for template, batch in (
+            ("staff_reminder", [c for c in claimed if c[1].startswith("due-")]),
+            ("staff_escalation", [c for c in claimed if not c[1].startswith("due-")]),
+        ):
+            if batch and settings.staff_address:
+                _mail_staff(services, session, template, _describe(session, batch, now), batch, now)
                 mailed += 1
         kinds: dict[str, int] = {}
-        for r in rows:
-            kinds[r["kind"]] = kinds.get(r["kind"], 0) + 1
-        audit.record(session, "staff_reminded", kinds=kinds, tickets=len({r["ticket_id"] for r in rows}), mailed=mailed)
+        for _tid, kind, _due in claimed:
+            kinds[kind] = kinds.get(kind, 0) + 1
+        audit.record(session, "staff_reminded", kinds=kinds, tickets=len({c[0] for c in claimed}), mailed=mailed)
     parts = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
     return f"deadlines: {parts}; {mailed} staff mail{'s' if mailed != 1 else ''}"
 
 
-def _claim_due(session: Session, now: datetime, offsets: list[int]) -> list[tuple[int, str]]:
+def _claim_due(session: Session, now: datetime, offsets: list[int]) -> list[tuple[int, str, datetime]]:
     """Insert one reminder row per ticket that crossed a threshold; return those inserted.
 
     A ticket gets the most urgent reminder it qualifies for: one that reaches 3 days
@@ -122,9 +123,9 @@ def _claim_due(session: Session, now: datetime, offsets: list[int]) -> list[tupl
         _insert(session)
         .from_select(["ticket_id", "kind", "due_at", "sent_at"], src)
         .on_conflict_do_nothing(index_elements=["ticket_id", "kind", "due_at"])
-        .returning(Reminder.ticket_id, Reminder.kind)
+        .returning(Reminder.ticket_id, Reminder.kind, Reminder.due_at)
     )
-    return [(int(t), str(k)) for t, k in session.execute(stmt)]
+    return [(int(t), str(k), clock.ensure_aware(d)) for t, k, d in session.execute(stmt)]
 
 
 def _urgency_guard(kind: Any, offsets_desc: list[str]) -> list[Any]:
@@ -137,7 +138,7 @@ def _urgency_guard(kind: Any, offsets_desc: list[str]) -> list[Any]:
     return guards
 
 
-def _claim_unconfirmed(session: Session, now: datetime) -> list[tuple[int, str]]:
+def _claim_unconfirmed(session: Session, now: datetime) -> list[tuple[int, str, datetime]]:
     """CCPA: receipt must be confirmed within 10 business days.  privbot confirms at
     once, unless it could not (rate limit, triage that staff reclassified, a chat with no
     reply): after one day without any message to the requester, staff are told."""
@@ -158,9 +159,9 @@ def _claim_unconfirmed(session: Session, now: datetime) -> list[tuple[int, str]]
         _insert(session)
         .from_select(["ticket_id", "kind", "due_at", "sent_at"], src)
         .on_conflict_do_nothing(index_elements=["ticket_id", "kind", "due_at"])
-        .returning(Reminder.ticket_id, Reminder.kind)
+        .returning(Reminder.ticket_id, Reminder.kind, Reminder.due_at)
     )
-    return [(int(t), str(k)) for t, k in session.execute(stmt)]
+    return [(int(t), str(k), clock.ensure_aware(d)) for t, k, d in session.execute(stmt)]
 
 
 def _resume_bulk_closed(session: Session, now: datetime) -> int:
@@ -175,43 +176,50 @@ def _resume_bulk_closed(session: Session, now: datetime) -> int:
     return int(n or 0)
 
 
-def _describe(session: Session, claimed: list[tuple[int, str]], now: datetime) -> list[dict[str, Any]]:
-    kinds = dict(claimed)
-    rows = []
-    ids = sorted(kinds)
-    for chunk in (ids[i : i + 1000] for i in range(0, len(ids), 1000)):
+def _describe(session: Session, claimed: list[tuple[int, str, datetime]], now: datetime) -> list[dict[str, Any]]:
+    """Digest rows, most urgent first.  Only the rows a digest lists are looked up: a
+    first sweep over a large backlog claims thousands and lists :data:`DIGEST_LIMIT`."""
+    confirm_days = deadlines.clock_for("ccpa").confirm_business_days
+    order = sorted(claimed, key=lambda c: (c[2], c[0]))
+    shown = order[:DIGEST_LIMIT]
+    details = {
+        t.id: t
         for t in session.execute(
-            select(Ticket.id, Ticket.intent, Ticket.status, Ticket.due_at, Ticket.received_at, Ticket.legal_clock).where(Ticket.id.in_(chunk))
-        ):
-            kind = kinds[t.id]
-            due = clock.ensure_aware(t.due_at)
-            if kind == "confirm-receipt":
-                due = deadlines.add_business_days(clock.ensure_aware(t.received_at), deadlines.clock_for("ccpa").confirm_business_days)
-            rows.append({
-                "ticket_id": t.id, "ref": format_ref(t.id), "intent": t.intent, "status": t.status, "due_at": due,
-                "days_left": max(0, -(-int((due - now).total_seconds()) // 86400)), "kind": kind, "clock": t.legal_clock,
-            })
-    rows.sort(key=lambda r: (r["due_at"], r["ticket_id"]))
+            select(Ticket.id, Ticket.intent, Ticket.status, Ticket.received_at, Ticket.legal_clock).where(
+                Ticket.id.in_([c[0] for c in shown])
+            )
+        )
+    }
+    rows: list[dict[str, Any]] = []
+    for ticket_id, kind, due in shown:
+        t = details[ticket_id]
+        if kind == "confirm-receipt":
+            due = deadlines.add_business_days(clock.ensure_aware(t.received_at), confirm_days)
+        rows.append({
+            "ticket_id": ticket_id, "ref": format_ref(ticket_id), "intent": t.intent, "status": t.status, "due_at": due,
+            "days_left": max(0, -(-int((due - now).total_seconds()) // 86400)), "kind": kind, "clock": t.legal_clock,
+        })
     return rows
 
 
-def _mail_staff(services: Services, session: Session, template: str, rows: list[dict[str, Any]], now: datetime) -> bool:
+def _mail_staff(
+    services: Services, session: Session, template: str, rows: list[dict[str, Any]], claimed: list[tuple[int, str, datetime]], now: datetime
+) -> None:
     """One digest to ``PRIVBOT_STAFF_ADDRESS`` through the outbox (nothing when unset:
     the console shows the reminders table either way)."""
     from privbot.channels.mail_out import build_email, new_message_id
 
     settings = services.settings
-    if not settings.staff_address:
-        return False
     console = settings.public_url.rstrip("/") if settings.public_url else ""
     rendered = services.renderer.render(
-        template, "en", tickets=rows[:DIGEST_LIMIT], more=max(0, len(rows) - DIGEST_LIMIT),
+        template, "en", tickets=rows, more=max(0, len(claimed) - len(rows)), total=len(claimed),
+        overdue_total=sum(1 for c in claimed if c[1] == "overdue"),
         console_url=console, privacy_address=settings.privacy_address,
     )
     message_id = new_message_id(settings.privacy_address)
     session.add(
         OutboxItem(
-            ticket_id=rows[0]["ticket_id"] if len(rows) == 1 else None,
+            ticket_id=rows[0]["ticket_id"] if len(claimed) == 1 else None,
             channel="email",
             recipient=settings.staff_address,
             message_id=message_id,
@@ -224,7 +232,6 @@ def _mail_staff(services: Services, session: Session, template: str, rows: list[
             created_at=now,
         )
     )
-    return True
 
 
 # ---------------------------------------------------------------------------- retention

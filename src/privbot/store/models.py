@@ -83,7 +83,7 @@ class Ticket(Base):
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     #: when the legal clock stopped (UK: waiting for identity or clarification); see deadlines
-    clock_paused_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    clock_paused_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
     #: total seconds the clock has stood still, which also moves the end of the first period
     paused_seconds: Mapped[int] = mapped_column(Integer, default=0)
     #: personal data removed by the retention sweep

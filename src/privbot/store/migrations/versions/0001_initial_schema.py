@@ -92,6 +92,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('tickets', schema=None) as batch_op:
         batch_op.create_index('ix_tickets_status_due', ['status', 'due_at'], unique=False)
+        batch_op.create_index(batch_op.f('ix_tickets_clock_paused_at'), ['clock_paused_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_tickets_chat_id'), ['chat_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_tickets_due_at'), ['due_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_tickets_requester'), ['requester'], unique=False)
@@ -301,6 +302,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_tickets_due_at'))
         batch_op.drop_index(batch_op.f('ix_tickets_chat_id'))
         batch_op.drop_index('ix_tickets_status_due')
+        batch_op.drop_index(batch_op.f('ix_tickets_clock_paused_at'))
 
     op.drop_table('tickets')
     op.drop_table('staff')
