@@ -29,7 +29,9 @@ def record(session: Session, action: str, *, actor: str = "privbot", ticket_id: 
     advisory lock serialises appends, and the unique ``prev_hash`` turns any fork that
     slipped through into an error instead of a silent branch."""
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _AUDIT_LOCK})
+        # Keyed by schema too: deployments (and test runs) in other schemas of the same
+        # database keep chains of their own and must not queue behind this one.
+        session.execute(text("SELECT pg_advisory_xact_lock(:k, hashtext(current_schema()))"), {"k": _AUDIT_LOCK})
     last = session.scalar(select(AuditEntry).order_by(AuditEntry.id.desc()).limit(1))
     entry = AuditEntry(
         ticket_id=ticket_id,
