@@ -435,3 +435,53 @@ def test_the_extension_notice_exists_in_every_language_with_reason_and_both_date
 
     for day in (datetime(2026, 5, 17, tzinfo=UTC), datetime(2026, 4, 2, tzinfo=UTC)):
         assert _format_date(day, lang) in out.text
+
+
+def test_uk_request_through_the_mailbox_gets_the_days_spent_waiting_for_the_code_back(services: Services, frozen_clock: object) -> None:
+    import re
+
+    from privbot.intake import receive_email
+    from tests.support import reply_to
+
+    services.settings.legal_clock = "uk"
+    request = make_mail("Please send me a copy of all the personal data you hold about me.")
+    result = receive_email(services, request.as_bytes())
+    assert result is not None and result.status == Status.AWAITING_VERIFICATION
+    with services.db.transaction() as s:
+        t = s.scalars(select(Ticket)).one()
+        tid, first_due, paused_at = t.id, t.due_at, t.clock_paused_at
+    assert paused_at == T0 and first_due == datetime(2026, 4, 2, 9, tzinfo=UTC)
+    scheduler.outbox_sweep(services)
+    (ack,) = outbox_messages(services.settings.data_dir)
+    code = re.search(r"\b(\d{8})\b", ack.get_content()).group(1)  # type: ignore[union-attr]
+    clock.fast_forward(days=2, hours=6)  # the code lives 72 hours
+    answer = reply_to(ack, f"Here is the code: {code}")
+    result = receive_email(services, answer.as_bytes())
+    assert result is not None and result.action == "verified"
+    t = ticket(services, tid)
+    assert t.verified and t.clock_paused_at is None
+    assert t.due_at == first_due + timedelta(days=2, hours=6)
+
+
+def test_show_lists_the_deadline_history_and_the_reminders(staffed: Services, frozen_clock: object, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    s = staffed.settings
+    monkeypatch.setenv("PRIVBOT_DATA_DIR", str(s.data_dir))
+    monkeypatch.setenv("PRIVBOT_DATABASE_URL", s.db_url)
+    tid = open_ticket(staffed, legal_clock="gdpr")
+    clock.fast_forward(days=26)
+    run_sweeps(staffed)
+    extend(staffed, tid, 20, "Archive restore")
+    ref = ticket(staffed, tid).ref
+    assert main(["show", ref, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["legal_clock"] == "gdpr" and data["extended"] is True
+    (event,) = data["deadline_history"]
+    assert (event["kind"], event["actor"], event["reason"]) == ("extended", "carol@example.com", "Archive restore")
+    assert event["new_due_at"] == data["due_at"] == "2026-04-22T09:00:00+00:00"
+    assert [r["kind"] for r in data["reminders"]] == ["due-7d"]
+    assert main(["show", ref]) == 0
+    out = capsys.readouterr().out
+    assert "extended 2026-04-02" in out and "staff reminded: due-7d" in out

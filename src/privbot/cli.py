@@ -157,6 +157,7 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
                 for d in drafts
             ],
             "audit": [{"at": a.at.isoformat(), "actor": a.actor, "action": a.action, "detail": a.detail} for a in trail],
+            **_deadline_json(session, t),
         }
     if args.json:
         print(json.dumps(data, ensure_ascii=False, indent=2))
@@ -178,9 +179,28 @@ def _print_ticket(d: dict[str, Any], out: TextIO) -> None:
     w("\ndrafts:\n")
     for dr in d["drafts"]:
         w(f"  #{dr['id']} {dr['kind']} {dr['status']}: {dr['subject']}\n")
+    w(f"\ndeadline ({d['legal_clock']} clock):\n")
+    for e in d["deadline_history"]:
+        w(f"  {e['at']} {e['actor']}: {e['kind']} {e['old_due_at'] or ''} -> {e['new_due_at'] or ''} {e['reason']}\n")
+    for r in d["reminders"]:
+        w(f"  {r['sent_at']} staff reminded: {r['kind']} (due {r['due_at']})\n")
     w("\naudit:\n")
     for a in d["audit"]:
         w(f"  {a['at']} {a['actor']}: {a['action']}\n")
+
+
+def _deadline_json(session: Any, t: Any) -> dict[str, Any]:
+    """The ticket's law, every change of its deadline, and the staff reminders about it."""
+    from privbot import deadlines, sweeps
+
+    def iso(v: Any) -> Any:
+        return v.isoformat() if isinstance(v, datetime) else v
+
+    return {
+        "legal_clock": t.legal_clock,
+        "deadline_history": [{k: iso(v) for k, v in e.items()} for e in deadlines.history(session, t.id)],
+        "reminders": [{k: iso(v) for k, v in r.items()} for r in sweeps.reminders_for(session, t.id)],
+    }
 
 
 def cmd_approve(args: argparse.Namespace, settings: Settings) -> int:
