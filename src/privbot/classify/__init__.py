@@ -12,7 +12,8 @@ can see *why* a ticket got its intent.
 Pipeline for one message:
 
 1. :func:`newtext.split_new_text` keeps only what the person just wrote;
-2. the language is read from the script (kana → ja, Han → zh) or by lingua;
+2. the language is read from the script (kana → ja, Han → zh), from function words
+   when they clearly point one way, else by lingua;
 3. the model scores the whole new text; cue matches that are not negated
    ("don't close my account") add to their intent's score; override cues
    (bounces, auto-replies) decide "other" on their own;
@@ -21,12 +22,16 @@ Pipeline for one message:
 
 The public surface (``Classifier.load``, ``classify``, ``classify_many``,
 ``default_intents_dir``) is used by the intake pipeline and the CLI.
+
+Cost: intake classifies one message at a time, so per-message work is kept small —
+the fitted model runs as plain dictionaries and numpy (:mod:`.linear`, no
+scikit-learn at run time), cue regexes run only when their literal words occur
+(:mod:`.anchors`), and a message and its clauses are scored in one call.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import pickle
 import random
