@@ -64,8 +64,15 @@ TICK = 0.5
 #: socket timeout for ordinary commands (IDLE has its own)
 COMMAND_TIMEOUT = 120.0
 
+class SessionSpoiled(Exception):
+    """The server said the session is no good any more (the watched folder deleted
+    under us, a BYE): log in again and select afresh."""
+
+
 #: what a dropped or restarting server looks like from the client side
-CONNECTION_ERRORS: tuple[type[BaseException], ...] = (OSError, imaplib.IMAP4.abort, IMAPClientError, socket.timeout, EOFError)
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, imaplib.IMAP4.abort, IMAPClientError, socket.timeout, EOFError, SessionSpoiled,
+)
 
 
 Receive = Callable[..., "IntakeResult | None"]
@@ -212,27 +219,44 @@ class Mailbox:
                 stop.wait(min(TICK, max(0.0, deadline - time.monotonic())))
             if not stop.is_set():
                 self.client.noop()
+                self.check_uidvalidity()
             return
         self.client.idle()
+        spoiled: list[Any] = []
         try:
             deadline = time.monotonic() + self.settings.imap_idle_seconds
             while not stop.is_set() and time.monotonic() < deadline:
                 responses = self.client.idle_check(timeout=TICK)
-                if any(_is_news(r) for r in responses):
-                    return
+                spoiled = [r for r in responses if _is_trouble(r)]
+                if spoiled or any(_is_news(r) for r in responses):
+                    break
         finally:
             self.client.idle_done()
+        if spoiled:
+            raise SessionSpoiled(f"server said {spoiled[0][0].decode(errors='replace')} during IDLE")
+        if not stop.is_set():
+            self.check_uidvalidity()
+
+    def check_uidvalidity(self) -> None:
+        """A folder deleted and re-created under us keeps our session selected on the
+        dead one on some servers, silently: compare UIDVALIDITY now and then."""
+        status = self.client.folder_status(self.folder, [b"UIDVALIDITY"])
+        if int(status.get(b"UIDVALIDITY", 0)) != self.uidvalidity:
+            raise SessionSpoiled(f"UIDVALIDITY of {self.folder!r} changed")
 
     def close(self) -> None:
         _close(self.client)
 
 
 def _is_news(response: Any) -> bool:
-    # (n, b"EXISTS") announces mail; an untagged BYE means the server is going away
-    # (the next command then fails and the loop reconnects).
-    if not isinstance(response, tuple) or not response:
-        return False
-    return response[0] == b"BYE" or (len(response) >= 2 and response[1] in (b"EXISTS", b"RECENT"))
+    # (n, b"EXISTS") announces mail.
+    return isinstance(response, tuple) and len(response) >= 2 and response[1] in (b"EXISTS", b"RECENT")
+
+
+def _is_trouble(response: Any) -> bool:
+    # An untagged BYE (server going away) or NO (Dovecot's answer when the selected
+    # folder is deleted) in the middle of IDLE.
+    return isinstance(response, tuple) and bool(response) and response[0] in (b"BYE", b"NO")
 
 
 class ImapWatcher:
