@@ -17,6 +17,7 @@ from starlette.testclient import TestClient
 
 from privbot import clock, outbox
 from privbot.app import Services, build_services
+from privbot.domain import OPEN_STATUSES
 from privbot.intake import receive_email
 from privbot.logs import JSONFormatter, install_redaction, setup_logging
 from privbot.scheduler import transports_for
@@ -69,7 +70,8 @@ def test_metrics_show_messages_tickets_backlog_and_nearest_deadline(services: Se
     m = scrape(services)
     assert m[("privbot_messages_received_total", (("channel", "email"),))] == 4
     assert m[("privbot_messages_received_by_kind_total", (("kind", "auto_reply"),))] == 1
-    assert m[("privbot_tickets", (("status", "received"),))] == 2
+    # The two requests are open (received, or awaiting verification under the default policy).
+    assert sum(m[("privbot_tickets", (("status", str(st)),))] for st in OPEN_STATUSES) == 2
     assert m[("privbot_tickets", (("status", "triage"),))] == 1
     assert m[("privbot_tickets", (("status", "closed"),))] == 0
     assert m[("privbot_outbox_backlog", ())] == 2

@@ -21,7 +21,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
-#: PostgreSQL advisory lock key held while migrating (any constant; "privbot" in ASCII)
+#: PostgreSQL advisory lock key held while migrating (an arbitrary constant)
 _MIGRATION_LOCK = 0x707269766274
 
 
