@@ -232,10 +232,16 @@ class Dovecot:
             (maildir / sub).mkdir(parents=True, exist_ok=True)
         for path in (self.home / user, maildir, *(maildir / s for s in ("cur", "new", "tmp"))):
             os.chown(path, uid, gid)
+        self.set_password(user, password)
+        return Account(self, user, password)
+
+    def set_password(self, user: str, password: str) -> None:
+        """(Re)write the user's passwd-file.  Note: Dovecot delays a client's logins
+        after failures from its address (up to ~4 s here) until one succeeds."""
+        uid, gid = _mail_ids()
         entry = self.passwd / f"{user}.tmp"
         entry.write_text(f"{user}:{{PLAIN}}{password}:{uid}:{gid}::{self.home / user}::\n")
         entry.rename(self.passwd / user)
-        return Account(self, user, password)
 
     def cleanup(self) -> None:
         self.stop()
