@@ -421,3 +421,34 @@ def test_message_that_crashes_even_the_shunt_goes_to_failed_after_three_tries_an
         assert imap_account.count("INBOX") == 0
     finally:
         services.db.dispose()
+
+
+async def test_privbot_run_keeps_smtp_intake_working_while_the_imap_login_is_refused(
+    sqlite_url: str, tmp_path: Path, imap_account: Account, caplog: pytest.LogCaptureFixture
+) -> None:
+    import asyncio
+
+    from privbot.service import serve
+    from tests.support import free_port, send
+
+    caplog.set_level(logging.INFO)
+    port = free_port()
+    settings = configure(make_settings(tmp_path / "var", sqlite_url), imap_account, imap_password="not-the-password",
+                         smtp_listen=f"127.0.0.1:{port}", imap_auth_retry_seconds=300.0)
+    services = build_services(settings)
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(services, stop))
+    try:
+        for _ in range(400):
+            await asyncio.sleep(0.05)
+            if "login refused" in caplog.text and "privbot running" in caplog.text:
+                break
+        assert "login refused" in caplog.text and "privbot running: smtp, imap" in caplog.text
+        await asyncio.to_thread(send, port, make_mail(sender="carol@example.org"))
+        assert ticket_count(services) == 1
+        assert not task.done()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+        services.db.dispose()
+        imap_account.client().logout()  # a good login clears Dovecot's penalty for 127.0.0.1
