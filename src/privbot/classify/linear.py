@@ -27,7 +27,7 @@ __all__ = ["LinearModel", "from_sklearn"]
 #: scikit-learn's token pattern used for the word vectoriser (kept identical).
 WORD_TOKEN = r"(?u)\b\w[\w']*\b"
 #: Distinct words whose char n-grams are remembered; the cache is emptied when full.
-WORD_CACHE_SIZE = 200_000
+WORD_CACHE_SIZE = 50_000  # ~15 MB at most; a mailbox's working vocabulary fits
 #: Texts scored per numpy pass in a batch (measured: 128-512 is fastest).
 CHUNK_ROWS = 256
 
