@@ -200,3 +200,12 @@ def test_chinese_request_is_acknowledged_in_chinese(services: Services, smtp_por
     assert ticket.language == "zh" and ticket.intent == "deletion"
     [ack] = deliver(services)
     assert "我们已收到" in ack["Subject"] and f"[{ticket.ref}]" in ack["Subject"]
+
+
+def test_a_request_for_two_rights_is_acknowledged_not_questioned(services: Services, smtp_port: int) -> None:
+    send(smtp_port, make_mail("Please delete my account and all my data", subject=""))
+    [ticket] = tickets(services)
+    assert {"cancellation", "deletion"} <= set(ticket.intents)
+    assert ticket.status != "awaiting_clarification"
+    [ack] = deliver(services)
+    assert "What would you like" not in ack["Subject"]

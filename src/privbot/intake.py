@@ -117,7 +117,10 @@ def _open_ticket(
     settings = services.settings
     now = clock.now()
     is_privacy = c.intent != Intent.OTHER
-    unsure = is_privacy and c.confidence < settings.clarify_below
+    # A message that asks for two rights ("delete my account and all my data") splits its
+    # confidence between them; that it is a privacy request is then not in doubt.
+    asked = [i for i in c.intents if i != Intent.OTHER]
+    unsure = is_privacy and c.confidence < settings.clarify_below and len(asked) < 2
     ticket = Ticket(
         intent=str(c.intent),
         intents=[str(i) for i in c.intents],
