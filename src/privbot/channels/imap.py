@@ -124,13 +124,19 @@ def connect(settings: Settings) -> IMAPClient:
 
 def _server_text(exc: BaseException) -> str:
     text = str(exc)
+    if text.startswith(("b'", 'b"')) and text[-1:] in "'\"":  # imaplib hands over bytes reprs
+        text = text[2:-1]
     return text[:200] if text else type(exc).__name__
 
 
-def _close(client: IMAPClient | None) -> None:
+def _close(client: IMAPClient | None, *, graceful: bool = True) -> None:
+    """Log out; after an error just drop the socket (a hung server would make LOGOUT
+    wait for the whole command timeout)."""
     if client is None:
         return
     try:
+        if not graceful:
+            raise OSError
         client.logout()
     except Exception:
         try:
@@ -244,8 +250,8 @@ class Mailbox:
         if int(status.get(b"UIDVALIDITY", 0)) != self.uidvalidity:
             raise SessionSpoiled(f"UIDVALIDITY of {self.folder!r} changed")
 
-    def close(self) -> None:
-        _close(self.client)
+    def close(self, *, graceful: bool = True) -> None:
+        _close(self.client, graceful=graceful)
 
 
 def _is_news(response: Any) -> bool:
@@ -285,35 +291,33 @@ class ImapWatcher:
         while not self.stopping.is_set():
             try:
                 self._session()
-                backoff = BACKOFF_FIRST
             except ImapConfigError as exc:
-                self.idle_ready.clear()
                 self._config_problem(str(exc))
                 self._sleep(self.settings.imap_auth_retry_seconds)
+                continue
             except DatabaseUnavailable as exc:
-                self.idle_ready.clear()
                 self._trouble(f"database unavailable ({str(exc)[:120]}); mail stays on the server")
-                self._sleep(backoff)
-                backoff = min(BACKOFF_MAX, backoff * 2)
             except CONNECTION_ERRORS as exc:
-                self.idle_ready.clear()
                 if self.stopping.is_set():
                     break
                 self._trouble(f"connection to {self.settings.imap_host}:{self.settings.imap_port} lost: {type(exc).__name__}: {str(exc)[:200]}")
-                # Jitter, so several privbot processes do not reconnect in lockstep.
-                self._sleep(backoff * random.uniform(0.8, 1.2))
-                backoff = min(BACKOFF_MAX, backoff * 2)
             except Exception:
-                self.idle_ready.clear()
-                log.exception("IMAP watcher: unexpected error; reconnecting in %.0f s", backoff)
-                self._sleep(backoff)
-                backoff = min(BACKOFF_MAX, backoff * 2)
+                log.exception("IMAP watcher: unexpected error; reconnecting")
+            else:
+                continue  # only when stopping
+            if self.idle_ready.is_set():
+                backoff = BACKOFF_FIRST  # the session had worked: this is a fresh trouble
+            self.idle_ready.clear()
+            # Jitter, so several privbot processes do not reconnect in lockstep.
+            self._sleep(backoff * random.uniform(0.8, 1.2))
+            backoff = min(BACKOFF_MAX, backoff * 2)
         log.info("IMAP watcher stopped")
 
     def stop(self) -> None:
         self.stopping.set()
 
     def _session(self) -> None:
+        self.idle_ready.clear()
         client = connect(self.settings)
         box = Mailbox(client, self.settings)
         try:
@@ -337,8 +341,10 @@ class ImapWatcher:
                 if self.stopping.is_set():
                     break
                 box.wait(self.stopping)
-        finally:
-            box.close()
+        except BaseException:
+            box.close(graceful=False)
+            raise
+        box.close()
 
     # ---- one pass over the folder -------------------------------------------------
     def drain(self, box: Mailbox) -> Pass:
