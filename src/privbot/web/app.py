@@ -231,6 +231,48 @@ class Console:
         endpoint.__name__ = handler.__name__
         return Route(path, endpoint, methods=["POST"], name=handler.__name__)
 
+    # ------------------------------------------------------------------ the requester's link
+
+    #: what a requester sees after pressing Confirm; a link that matches no open
+    #: challenge reads the same whether or not the reference exists
+    VERIFY_MESSAGES = {
+        "verified": "Thank you: your request is confirmed. We will answer by email.",
+        "code_wrong": "This code is not right. We have sent you an email with what to do next.",
+        "code_expired": "This code has expired. We have sent you a new one by email.",
+        "code_locked": "Too many attempts: this code is locked. Our privacy team will contact you.",
+        "no_challenge": "This link is no longer valid.",
+    }
+
+    async def verify_page(self, request: Request) -> Response:
+        """The link next to a mailed code: a page with a button, never an action on GET,
+        because mail scanners open links by themselves."""
+        code = "".join(ch for ch in request.query_params.get("code", "") if ch.isdigit())[:12]
+        ref = request.path_params["ref"]
+        return self.render(request, "verify.html", staff=None, ref=ref, code=code, result=None)
+
+    async def verify_submit(self, request: Request) -> Response:
+        from privbot import verify
+        from privbot.domain import parse_ref
+
+        form = await request.form(max_files=0, max_fields=5)
+        if not (self._origin_ok(request) and auth.tokens_match(request.session.get("csrf"), form.get("csrf"))):
+            return self._refuse(request, None, 403, "This form has expired. Open the link from your email again.")
+        ref = request.path_params["ref"]
+        code = str(form.get("code") or "")[:20]
+
+        def run() -> str:
+            ticket_id = parse_ref(ref)
+            with self.services.db.transaction() as s:
+                ticket = s.get(Ticket, ticket_id) if ticket_id is not None else None
+                if ticket is None:
+                    return "no_challenge"
+                return verify.submit_code(self.services, s, ticket, code, via="link")
+
+        result = await run_in_threadpool(run)
+        status = 200 if result == "verified" else 400
+        return self.render(request, "verify.html", status_code=status, staff=None, ref=ref, code="", result=result,
+                           message=self.VERIFY_MESSAGES.get(result, self.VERIFY_MESSAGES["no_challenge"]))
+
     # ------------------------------------------------------------------ login
 
     async def login_page(self, request: Request) -> Response:
@@ -396,6 +438,8 @@ def create_app(services: Any) -> Starlette:
     routes: list[BaseRoute] = [
         Route("/login", c.login_page, methods=["GET", "HEAD"]),
         Route("/login", c.login, methods=["POST"]),
+        Route("/verify/{ref}", c.verify_page, methods=["GET", "HEAD"]),
+        Route("/verify/{ref}", c.verify_submit, methods=["POST"]),
         c.action("/logout", c.logout),
         c.page("/", c.queue),
         c.page("/tickets/{ref}", c.ticket),
