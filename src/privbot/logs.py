@@ -108,12 +108,28 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time of the record, so a handler set up
+    under a test's captured stderr does not write to a closed file afterwards."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self):  # type: ignore[no-untyped-def]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # type: ignore[no-untyped-def]
+        pass
+
+
 def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     install_redaction()
     root = logging.getLogger()
     if any(getattr(h, "_privbot", False) for h in root.handlers):
         return
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     if str(fmt).lower() == "json":
         handler.setFormatter(JSONFormatter())
     else:

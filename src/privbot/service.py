@@ -75,6 +75,11 @@ class SweepComponent:
                     result = await loop.run_in_executor(None, sweep, self.services)
                     if result and not result.startswith(("outbox: 0 sent, 0 failed", "nothing")):
                         log.info("%s: %s", name, result)
+                except asyncio.CancelledError:
+                    # Shutdown caught a sweep that started as the scheduler stopped.  Its
+                    # worker thread still finishes (or rolls back) its own transaction;
+                    # there is nothing to report and nothing to re-raise into APScheduler.
+                    log.debug("sweep %s interrupted by shutdown", name)
                 except Exception:
                     log.exception("sweep %s failed; it runs again at its next interval", name)
 
@@ -89,6 +94,7 @@ class SweepComponent:
 
     async def stop(self) -> None:
         self.scheduler.shutdown(wait=False)
+        await asyncio.sleep(0)  # let jobs submitted just before shutdown register themselves
         if self.running:
             await asyncio.wait(set(self.running), timeout=30)
 

@@ -254,7 +254,7 @@ class Console:
         from privbot import verify
         from privbot.domain import parse_ref
 
-        form = await request.form(max_files=0, max_fields=5)
+        form = await request.form(max_files=0, max_fields=20)
         if not (self._origin_ok(request) and auth.tokens_match(request.session.get("csrf"), form.get("csrf"))):
             return self._refuse(request, None, 403, "This form has expired. Open the link from your email again.")
         ref = request.path_params["ref"]
