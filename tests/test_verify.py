@@ -368,13 +368,22 @@ def test_several_rights_get_one_answer_each_and_the_ticket_is_answered_when_all_
     assert [d.intent for d in drafts] == ["cancellation", "deletion"]
     second = [a for a in audit_actions(services, t.id) if a.action == "answers_drafted"][0].detail["second_approval"]
     assert second == ["cancellation", "deletion"]
-    with services.db.transaction() as s:
-        replies.approve(s, services.settings, s.get(Ticket, t.id), "ann@example.com")  # type: ignore[arg-type]
+    # Deletion and cancellation answers need two people: a first approval, then another's.
+    for approver in ("ann@example.com", "bob@example.com"):
+        with services.db.transaction() as s:
+            replies.approve(s, services.settings, s.get(Ticket, t.id), approver)  # type: ignore[arg-type]
     assert ticket_of(services).status == Status.AWAITING_APPROVAL
+    assert len(box.new()) == 1
     with services.db.transaction() as s:
         replies.approve(s, services.settings, s.get(Ticket, t.id), "ann@example.com")  # type: ignore[arg-type]
+    assert ticket_of(services).status == Status.AWAITING_APPROVAL and box.new() == []
+    with services.db.transaction() as s:
+        with pytest.raises(replies.ApprovalError, match="second person"):
+            replies.approve(s, services.settings, s.get(Ticket, t.id), "ann@example.com")  # type: ignore[arg-type]
+    with services.db.transaction() as s:
+        replies.approve(s, services.settings, s.get(Ticket, t.id), "bob@example.com")  # type: ignore[arg-type]
     assert ticket_of(services).status == Status.ANSWERED
-    assert len(box.new()) == 2
+    assert len(box.new()) == 1
 
 
 def test_public_url_adds_a_confirmation_link_next_to_the_code(services: Services) -> None:

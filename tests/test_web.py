@@ -511,3 +511,26 @@ def test_codes_left_in_older_thread_copies_are_hidden_but_answers_keep_their_num
     assert hide_codes("Your code:\n\n    48213907\n", "acknowledgement") == "Your code:\n\n    ••••••\n"
     assert hide_codes("Ticket PRIV-000042, account 12345678", "answer") == "Ticket PRIV-000042, account 12345678"
     assert "000042" in hide_codes("[PRIV-000042] reminder", "verification_reminder")
+
+
+def test_an_unedited_deletion_answer_needs_two_different_approvers(services: Services, clients: dict[str, TestClient]) -> None:
+    ref = open_ticket(services)
+    draft_id = draft_answer(services, ref)
+    url = f"/tickets/{ref}/drafts/{draft_id}/approve"
+    r = post(clients["anna"], url, page=f"/tickets/{ref}")
+    assert r.status_code == 303  # type: ignore[attr-defined]
+    assert "second approver" in clients["anna"].get(f"/tickets/{ref}").text
+    assert draft(services, draft_id).status == "pending" and outbox_for(services, draft_id) == []
+    post(clients["anna"], url, page=f"/tickets/{ref}")  # the same person again changes nothing
+    assert draft(services, draft_id).status == "pending" and outbox_for(services, draft_id) == []
+    post(clients["bob"], url, page=f"/tickets/{ref}")
+    assert draft(services, draft_id).status == "sent" and len(outbox_for(services, draft_id)) == 1
+    assert draft(services, draft_id).reviewed_by == "anna@corp.example"
+    assert draft(services, draft_id).approved_by == "bob@corp.example"
+
+
+def test_an_access_answer_goes_out_on_one_approval(services: Services, clients: dict[str, TestClient]) -> None:
+    ref = open_ticket(services, "Send me a copy of my data.", intent="access")
+    draft_id = draft_answer(services, ref)
+    post(clients["anna"], f"/tickets/{ref}/drafts/{draft_id}/approve", page=f"/tickets/{ref}")
+    assert draft(services, draft_id).status == "sent"

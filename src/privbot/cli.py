@@ -211,10 +211,13 @@ def cmd_approve(args: argparse.Namespace, settings: Settings) -> int:
         with services.db.transaction() as session:
             t = _load_ticket(session, args.ref)
             draft = replies.approve(session, settings, t, args.as_)
-            ref, kind = t.ref, draft.kind
+            ref, kind, waiting = t.ref, draft.kind, draft.status == "pending"
     except replies.ApprovalError as exc:
         raise UsageError(str(exc)) from None
-    print(f"{ref}: {kind} approved by {args.as_}; queued for delivery")
+    if waiting:
+        print(f"{ref}: first approval of the {kind} recorded for {args.as_}; a second approver must approve it before it is sent")
+    else:
+        print(f"{ref}: {kind} approved by {args.as_}; queued for delivery")
     return 0
 
 

@@ -234,8 +234,20 @@ class ApprovalError(Exception):
 FOUR_EYES = frozenset({"deletion", "cancellation"})
 
 
+def _needs_second_person(settings: Settings, draft: Draft, ticket: Ticket) -> bool:
+    """The verification policy names the rights whose answers need two people."""
+    from privbot.verify import policy_for  # verify drafts through this module
+
+    return any("second_approval" in policy_for(settings, r) for r in {draft.intent, ticket.intent} if r)
+
+
 def approve(session: Session, settings: Settings, ticket: Ticket, staff_email: str, *, draft_id: int | None = None) -> Draft:
-    """Approve the ticket's pending draft (the newest, or ``draft_id``) and send it (via the outbox)."""
+    """Approve the ticket's pending draft (the newest, or ``draft_id``) and send it (via the outbox).
+
+    For a right that needs a second person (deletion and cancellation by default) an
+    unedited draft's first approval is only recorded: the draft stays ``pending`` until a
+    different member of staff approves it.  Callers check ``draft.status``.
+    """
     query = select(Draft).where(Draft.ticket_id == ticket.id, Draft.status == "pending")
     if draft_id is not None:
         query = query.where(Draft.id == draft_id)
@@ -247,6 +259,18 @@ def approve(session: Session, settings: Settings, ticket: Ticket, staff_email: s
     if right and draft.edited_by and draft.edited_by == staff_email:
         raise ApprovalError(f"{ticket.ref}: a {right} answer needs a second person; {staff_email} edited this draft")
     now = clock.now()
+    if right and _needs_second_person(settings, draft, ticket):
+        # Four eyes: whoever edited the text, or gave the first approval, is one pair;
+        # the approver must be another.  A draft nobody edited needs two approvals.
+        if {e for e in (draft.edited_by, draft.reviewed_by) if e} - {staff_email}:
+            pass  # a second person already looked: this approval sends it
+        elif draft.reviewed_by == staff_email:
+            raise ApprovalError(f"{ticket.ref}: {staff_email} already gave the first approval; a second person must approve this {right} answer")
+        else:
+            draft.reviewed_by, draft.reviewed_at = staff_email, now
+            ticket.updated_at = now
+            audit.record(session, "first_approval", actor=staff_email, ticket_id=ticket.id, draft_id=draft.id)
+            return draft  # still pending: the caller tells staff a second approver is needed
     draft.status = "approved"
     draft.approved_by = staff_email
     draft.approved_at = now
@@ -282,6 +306,8 @@ def edit_draft(session: Session, draft: Draft, staff_email: str, subject: str, t
     draft.html = ""
     draft.edited_by = staff_email
     draft.edited_at = clock.now()
+    # A first approval was of the old words; the editor is now the first pair of eyes.
+    draft.reviewed_by, draft.reviewed_at = None, None
     session.flush()
     audit.record(session, "draft_edited", actor=staff_email, ticket_id=draft.ticket_id, draft_id=draft.id)
     return draft

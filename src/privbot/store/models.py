@@ -155,6 +155,9 @@ class Draft(Base):
     approved_by: Mapped[str | None] = mapped_column(String(320), nullable=True)
     approved_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     denial_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: first of two approvals, for rights whose answer needs a second person
+    reviewed_by: Mapped[str | None] = mapped_column(String(320), nullable=True)
+    reviewed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     ticket: Mapped[Ticket] = relationship(back_populates="drafts")
 

@@ -379,6 +379,8 @@ class Console:
         ticket = self._ticket(ctx)
         draft = self._draft(ctx, ticket)
         replies.approve(ctx.db, self.settings, ticket, ctx.staff.email, draft_id=draft.id)
+        if draft.status == "pending":
+            return ctx.back(f"/tickets/{ticket.ref}", f"First approval of draft #{draft.id} recorded; a second approver must approve it before it is sent.")
         return ctx.back(f"/tickets/{ticket.ref}", f"Draft #{draft.id} approved; it is in the outbox.")
 
     def deny(self, ctx: Ctx) -> Response:

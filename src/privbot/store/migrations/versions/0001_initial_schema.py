@@ -132,6 +132,8 @@ def upgrade() -> None:
     sa.Column('approved_by', sa.String(length=320), nullable=True),
     sa.Column('approved_at', privbot.store.models.UTCDateTime(timezone=True), nullable=True),
     sa.Column('denial_reason', sa.Text(), nullable=True),
+    sa.Column('reviewed_by', sa.String(length=320), nullable=True),
+    sa.Column('reviewed_at', privbot.store.models.UTCDateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['ticket_id'], ['tickets.id'], ),
     sa.PrimaryKeyConstraint('id')
     )
