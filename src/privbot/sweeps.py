@@ -119,6 +119,12 @@ def _claim_due(session: Session, now: datetime, offsets: list[int]) -> list[tupl
         )
         .order_by(Ticket.id)
     )
+    return _claim_rows(session, src)
+
+
+def _claim_rows(session: Session, src: Any) -> list[tuple[int, str, datetime]]:
+    """Insert the reminder rows ``src`` selects; the unique key makes the insert the claim,
+    so a row another process inserted first is simply not returned here."""
     stmt = (
         _insert(session)
         .from_select(["ticket_id", "kind", "due_at", "sent_at"], src)
@@ -155,13 +161,7 @@ def _claim_unconfirmed(session: Session, now: datetime) -> list[tuple[int, str, 
         )
         .order_by(Ticket.id)
     )
-    stmt = (
-        _insert(session)
-        .from_select(["ticket_id", "kind", "due_at", "sent_at"], src)
-        .on_conflict_do_nothing(index_elements=["ticket_id", "kind", "due_at"])
-        .returning(Reminder.ticket_id, Reminder.kind, Reminder.due_at)
-    )
-    return [(int(t), str(k), clock.ensure_aware(d)) for t, k, d in session.execute(stmt)]
+    return _claim_rows(session, src)
 
 
 def _resume_bulk_closed(session: Session, now: datetime) -> int:
