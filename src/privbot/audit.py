@@ -27,23 +27,57 @@ def record(session: Session, action: str, *, actor: str = "privbot", ticket_id: 
     Concurrent writers must not both link to the same tail.  On SQLite every write
     transaction is already serial (BEGIN IMMEDIATE); on PostgreSQL a transaction-scoped
     advisory lock serialises appends, and the unique ``prev_hash`` turns any fork that
-    slipped through into an error instead of a silent branch."""
-    if session.get_bind().dialect.name == "postgresql":
-        # Keyed by schema too: deployments (and test runs) in other schemas of the same
-        # database keep chains of their own and must not queue behind this one.
-        session.execute(text("SELECT pg_advisory_xact_lock(:k, hashtext(current_schema()))"), {"k": _AUDIT_LOCK})
-    last = session.scalar(select(AuditEntry).order_by(AuditEntry.id.desc()).limit(1))
+    slipped through into an error instead of a silent branch.
+
+    The entry is added, not flushed: it reaches the database with the caller's next
+    flush (at the latest, the commit).  Within one transaction the tail is remembered
+    after the first append (see :func:`_cached_tail`), so later appends skip both the
+    lock, already held until commit, and the SELECT of the tail."""
+    tail = _cached_tail(session)
+    if tail is None:
+        if session.get_bind().dialect.name == "postgresql":
+            # Keyed by schema too: deployments (and test runs) in other schemas of the same
+            # database keep chains of their own and must not queue behind this one.
+            session.execute(text("SELECT pg_advisory_xact_lock(:k, hashtext(current_schema()))"), {"k": _AUDIT_LOCK})
+        last = session.scalar(select(AuditEntry).order_by(AuditEntry.id.desc()).limit(1))
+        prev_hash = last.hash if last else GENESIS
+    else:
+        if tail in session.new:
+            # Ids decide the chain's order (verify_chain reads by id): never leave two
+            # entries to one flush, whose INSERT order is the ORM's business.
+            session.flush()
+        prev_hash = tail.hash
     entry = AuditEntry(
         ticket_id=ticket_id,
         at=clock.now(),
         actor=actor,
         action=action,
         detail=detail,
-        prev_hash=last.hash if last else GENESIS,
+        prev_hash=prev_hash,
     )
     entry.hash = hashlib.sha256(entry.canonical().encode()).hexdigest()
     session.add(entry)
-    session.flush()
+    session.info[_TAIL] = (session.get_transaction(), entry)
+    return entry
+
+
+_TAIL = "privbot.audit.tail"
+
+
+def _cached_tail(session: Session) -> AuditEntry | None:
+    """The entry this transaction appended last, if it is still this transaction's.
+
+    Valid only inside the same root transaction (a session reused for a second
+    transaction asks the database again: another process may have appended in between),
+    and only while the entry is still in the session (a rolled-back savepoint expunges
+    what it added, so a discarded entry is never linked to)."""
+    cached = session.info.get(_TAIL)
+    if cached is None:
+        return None
+    tx, entry = cached
+    if tx is not session.get_transaction() or tx is None or not tx.is_active or entry not in session:
+        session.info.pop(_TAIL, None)
+        return None
     return entry
 
 

@@ -137,10 +137,10 @@ def _open_ticket(
         legal_clock=settings.legal_clock,
         updated_at=now,
     )
+    # One flush writes the ticket and then the message (the relationship orders them);
+    # the ticket's id is needed at once, for its reference and the audit trail.
+    message.ticket = ticket
     session.add(ticket)
-    session.flush()
-    message.ticket_id = ticket.id
-    session.add(message)
     session.flush()
     audit.record(
         session,
@@ -156,20 +156,21 @@ def _open_ticket(
     if not is_privacy:
         return IntakeResult("triage", ticket.ref, Status.TRIAGE)
 
-    if not may_auto_reply(session, settings.max_auto_replies_per_day, ticket.requester):
+    with session.no_autoflush:  # what is pending (this ticket, its audit entry) cannot change the count
+        allowed = may_auto_reply(session, settings.max_auto_replies_per_day, ticket.requester)
+    if not allowed:
         audit.record(session, "auto_reply_suppressed", ticket_id=ticket.id, why="too many automatic answers to this requester today")
         return IntakeResult("opened", ticket.ref, ticket.status_enum, "no acknowledgement: rate limit")
 
     if unsure:
         ticket.status = str(Status.AWAITING_CLARIFICATION)
         draft = replies.create_draft(session, settings, services.renderer, ticket, "clarification", needs_approval=False)
-        replies.enqueue(session, settings, ticket, draft)
+        replies.enqueue(session, settings, ticket, draft, answering=message)
         return IntakeResult("opened", ticket.ref, Status.AWAITING_CLARIFICATION)
 
-    extra = verify.on_new_ticket(services, session, ticket, inbound)
+    extra = verify.on_new_ticket(services, session, ticket, inbound, new=True)
     draft = replies.create_draft(session, settings, services.renderer, ticket, "acknowledgement", needs_approval=False, **extra)
-    replies.enqueue(session, settings, ticket, draft)
-    verify.forget_code(session, draft, extra)
+    replies.enqueue(session, settings, ticket, draft, answering=message, scrub=verify.code_scrubber(extra))
     return IntakeResult("opened", ticket.ref, ticket.status_enum)
 
 
@@ -187,8 +188,7 @@ def _clarified(services: Services, session: Session, ticket: Ticket, inbound: In
     audit.record(session, "reclassified", ticket_id=ticket.id, intent=ticket.intent, by="clarification")
     extra = verify.on_new_ticket(services, session, ticket, inbound)
     draft = replies.create_draft(session, services.settings, services.renderer, ticket, "acknowledgement", needs_approval=False, **extra)
-    replies.enqueue(session, services.settings, ticket, draft)
-    verify.forget_code(session, draft, extra)
+    replies.enqueue(session, services.settings, ticket, draft, scrub=verify.code_scrubber(extra))
     return IntakeResult("clarified", ticket.ref, ticket.status_enum)
 
 
@@ -206,7 +206,7 @@ def find_thread(session: Session, inbound: Inbound) -> Ticket | None:
         if ref is not None:
             candidates.append(ref)
     ids = [i for i in (inbound.in_reply_to, *inbound.references) if i]
-    if ids:
+    if ids:  # no In-Reply-To / References (most first requests): no query at all
         rows = session.scalars(
             select(Message.ticket_id).where(Message.direction == "out", Message.message_id.in_(ids[-20:]), Message.ticket_id.is_not(None))
         )

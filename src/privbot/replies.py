@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from jinja2 import FileSystemLoader, StrictUndefined, TemplateNotFound, select_autoescape
@@ -137,16 +138,31 @@ def last_inbound(session: Session, ticket: Ticket) -> Message | None:
     )
 
 
-def enqueue(session: Session, settings: Settings, ticket: Ticket, draft: Draft) -> list[OutboxItem]:
+def enqueue(
+    session: Session,
+    settings: Settings,
+    ticket: Ticket,
+    draft: Draft,
+    *,
+    answering: Message | None = None,
+    scrub: Callable[[str], str] | None = None,
+) -> list[OutboxItem]:
     """Write the draft to the outbox (and the thread) in the caller's transaction.
 
     Email answers go to the ticket's requester — the ``From`` of the request, never
     ``Reply-To`` — threaded onto the last message they sent.  Chat tickets get the
     answer in the chat and, where the address is verified, by mail too.
+
+    ``scrub`` (see :func:`privbot.verify.code_scrubber`): only the outbox payloads keep
+    the words it removes; the draft and the thread copies get them scrubbed.
     """
+    record = scrub or (lambda text: text)
     items: list[OutboxItem] = []
     now = clock.now()
-    answering = last_inbound(session, ticket)
+    if answering is None or answering.direction != "in" or answering.auto_reason is not None:
+        # The pipeline passes the message it is answering (the ticket's newest, so the
+        # query would find that same one); everyone else asks the database.
+        answering = last_inbound(session, ticket)
     if ticket.chat_id is not None:
         items.append(
             OutboxItem(
@@ -200,7 +216,7 @@ def enqueue(session: Session, settings: Settings, ticket: Ticket, draft: Draft) 
                 sender=settings.privacy_address,
                 recipient=ticket.requester,
                 subject=draft.subject,
-                body=draft.text,
+                body=record(draft.text),
                 created_at=now,
             )
         )
@@ -214,13 +230,15 @@ def enqueue(session: Session, settings: Settings, ticket: Ticket, draft: Draft) 
                 sender=settings.privacy_address,
                 recipient=str(ticket.chat_id),
                 subject=draft.subject,
-                body=draft.text,
+                body=record(draft.text),
                 created_at=now,
             )
         )
     for item in items:
         session.add(item)
     draft.status = "sent"
+    if scrub is not None:
+        draft.text, draft.html = scrub(draft.text), scrub(draft.html)
     session.flush()
     audit.record(session, "queued", ticket_id=ticket.id, draft_id=draft.id, kind=draft.kind, outbox=[i.id for i in items])
     return items

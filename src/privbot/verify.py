@@ -37,6 +37,7 @@ import os
 import re
 import secrets
 import threading
+from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -224,16 +225,19 @@ def find_codes(text: str) -> list[str]:
     return found
 
 
-def issue_challenge(session: Session, settings: Settings, address: str, *, ticket_id: int | None = None) -> tuple[Challenge, str]:
+def issue_challenge(
+    session: Session, settings: Settings, address: str, *, ticket_id: int | None = None, new_ticket: bool = False
+) -> tuple[Challenge, str]:
     """Store a new challenge for ``address`` and return it with its plain code.
 
     The caller sends the code (only to ``address``) and never stores or logs it.  Any
     open challenge of the same ticket is superseded, so only the newest code works.
     Do not issue a new challenge for a ticket whose challenge is ``locked``: that would
-    hand a guesser a fresh set of tries; staff decide after a lock.
+    hand a guesser a fresh set of tries; staff decide after a lock.  ``new_ticket``: the
+    ticket was opened in this transaction, so it has no challenge to supersede.
     """
     now = clock.now()
-    if ticket_id is not None:
+    if ticket_id is not None and not new_ticket:
         session.execute(
             update(Challenge)
             .where(Challenge.ticket_id == ticket_id, Challenge.status == "open")
@@ -422,17 +426,12 @@ def submit_code(services: Services, session: Session, ticket: Ticket, code_text:
 CODE_PLACEHOLDER = "[one-time code]"
 
 
-def forget_code(session: Session, draft: Draft, context: dict[str, Any]) -> None:
-    """Keep the plain code only in the outgoing mail, not in the records staff read.
-
-    The draft and the thread copy of a message that carried a code get the code (and
-    the link that embeds it) replaced, so ``privbot show``, the console and a copy of
-    the database reveal no usable code; only the outbox payload carries it to the mail
-    server.
-    """
+def code_scrubber(context: dict[str, Any]) -> Callable[[str], str] | None:
+    """What replaces the code (and the link that embeds it) in the records, if the
+    message ``context`` carries one; hand it to :func:`replies.enqueue` as ``scrub``."""
     code = str(context.get("code") or "")
     if not code:
-        return
+        return None
     secrets_ = [s for s in (str(context.get("public_url") or ""), code) if s]
 
     def scrub(text: str) -> str:
@@ -440,11 +439,33 @@ def forget_code(session: Session, draft: Draft, context: dict[str, Any]) -> None
             text = text.replace(s, CODE_PLACEHOLDER)
         return text
 
+    return scrub
+
+
+def forget_code(session: Session, draft: Draft, context: dict[str, Any]) -> None:
+    """Keep the plain code only in the outgoing mail, not in the records staff read.
+
+    The draft and the thread copy of a message that carried a code get the code (and
+    the link that embeds it) replaced, so ``privbot show``, the console and a copy of
+    the database reveal no usable code; only the outbox payload carries it to the mail
+    server.  (Cheaper, when the draft is not yet queued: ``enqueue(scrub=code_scrubber(context))``,
+    which writes the records without the code in the first place.)
+    """
+    code = str(context.get("code") or "")
+    scrub = code_scrubber(context)
+    if scrub is None:
+        return
     draft.text, draft.html = scrub(draft.text), scrub(draft.html)
-    for m in session.scalars(select(Message).where(Message.ticket_id == draft.ticket_id, Message.direction == "out", Message.kind == draft.kind)):
+    # enqueue() has flushed the thread copy, so no autoflush is needed to find it; and no
+    # flush of our own: the scrubbed words reach the database with the commit, before
+    # anyone else can read them.
+    with session.no_autoflush:
+        written = session.scalars(
+            select(Message).where(Message.ticket_id == draft.ticket_id, Message.direction == "out", Message.kind == draft.kind)
+        ).all()
+    for m in written:
         if code in (m.body or ""):
             m.body = scrub(m.body)
-    session.flush()
 
 
 def current_challenge(session: Session, ticket_id: int) -> Challenge | None:
@@ -479,8 +500,7 @@ def _send(services: Services, session: Session, ticket: Ticket, template: str, *
     draft = replies.create_draft(
         session, services.settings, services.renderer, ticket, kind, template=template, needs_approval=False, **context
     )
-    replies.enqueue(session, services.settings, ticket, draft)
-    forget_code(session, draft, context)
+    replies.enqueue(session, services.settings, ticket, draft, scrub=code_scrubber(context))
 
 
 def _locked(services: Services, session: Session, ticket: Ticket, challenge: Challenge) -> None:
@@ -524,8 +544,10 @@ def notify_staff(services: Services, session: Session, ticket: Ticket, template:
 # ---------------------------------------------------------------------------- intake hooks
 
 
-def on_new_ticket(services: Services, session: Session, ticket: Ticket, inbound: Inbound) -> dict[str, Any]:
+def on_new_ticket(services: Services, session: Session, ticket: Ticket, inbound: Inbound, *, new: bool = False) -> dict[str, Any]:
     """Decide the ticket's verification state; return extra context for the acknowledgement.
+
+    ``new``: the ticket was opened in the caller's transaction (nothing to supersede).
 
     The acknowledgement's words depend only on the policy and on what the message itself
     proved, never on whether the address has an account.
@@ -555,7 +577,7 @@ def on_new_ticket(services: Services, session: Session, ticket: Ticket, inbound:
         # and calls issue_challenge() itself.
         audit.record(session, "verification_required", ticket_id=ticket.id, needs=sorted(needs))
         return {}
-    _challenge, code = issue_challenge(session, settings, ticket.requester, ticket_id=ticket.id)
+    _challenge, code = issue_challenge(session, settings, ticket.requester, ticket_id=ticket.id, new_ticket=new)
     return {"code": code, "code_hours": settings.verification_code_hours, "public_url": verification_link(settings, ticket, code)}
 
 
