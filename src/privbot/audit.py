@@ -39,8 +39,7 @@ def record(session: Session, action: str, *, actor: str = "privbot", ticket_id: 
             # Keyed by schema too: deployments (and test runs) in other schemas of the same
             # database keep chains of their own and must not queue behind this one.
             session.execute(text("SELECT pg_advisory_xact_lock(:k, hashtext(current_schema()))"), {"k": _AUDIT_LOCK})
-        last = session.scalar(select(AuditEntry).order_by(AuditEntry.id.desc()).limit(1))
-        prev_hash = last.hash if last else GENESIS
+        prev_hash = session.scalar(select(AuditEntry.hash).order_by(AuditEntry.id.desc()).limit(1)) or GENESIS
     else:
         if tail in session.new:
             # Ids decide the chain's order (verify_chain reads by id): never leave two

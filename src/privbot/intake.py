@@ -58,10 +58,11 @@ def intake(services: Services, inbound: Inbound, *, classification: Classificati
 
 
 def _intake(services: Services, session: Session, inbound: Inbound, key: str, classification: Classification | None) -> IntakeResult:
-    existing = session.scalar(select(Message).where(Message.dedupe_key == key))
+    # Only the ticket is wanted: loading the whole row would read the raw bytes too.
+    existing = session.execute(select(Message.id, Message.ticket_id).where(Message.dedupe_key == key)).first()
     if existing is not None:
-        ref = existing.ticket.ref if existing.ticket else None
-        return IntakeResult("duplicate", ref)
+        known = session.get(Ticket, existing.ticket_id) if existing.ticket_id is not None else None
+        return IntakeResult("duplicate", known.ref if known else None)
     now = clock.now()
     received_at = inbound.received_at or now
     ticket = find_thread(session, inbound)

@@ -123,9 +123,10 @@ def create_draft(
         created_at=clock.now(),
     )
     session.add(draft)
-    session.flush()
     if needs_approval:  # an automatic message is audited once, when enqueue() queues it
+        session.flush()
         audit.record(session, "draft_created", ticket_id=ticket.id, draft_id=draft.id, kind=kind)
+    # else enqueue() follows at once, and one flush writes the draft with its outbox rows
     return draft
 
 
@@ -167,7 +168,7 @@ def enqueue(
         items.append(
             OutboxItem(
                 ticket_id=ticket.id,
-                draft_id=draft.id,
+                draft=draft,
                 channel=Channel.TELEGRAM,
                 recipient=str(ticket.chat_id),
                 subject=draft.subject,
@@ -194,7 +195,7 @@ def enqueue(
         items.append(
             OutboxItem(
                 ticket_id=ticket.id,
-                draft_id=draft.id,
+                draft=draft,
                 channel=Channel.EMAIL,
                 recipient=ticket.requester,
                 message_id=message_id,

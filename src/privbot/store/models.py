@@ -186,6 +186,9 @@ class OutboxItem(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
+    #: lets one flush write a draft and the outbox rows that send it (no schema change)
+    draft: Mapped[Draft | None] = relationship()
+
 
 class DeliveryAttempt(Base):
     __tablename__ = "delivery_attempts"
