@@ -452,3 +452,27 @@ async def test_privbot_run_keeps_smtp_intake_working_while_the_imap_login_is_ref
         await asyncio.wait_for(task, 20)
         services.db.dispose()
         imap_account.client().logout()  # a good login clears Dovecot's penalty for 127.0.0.1
+
+
+def test_a_message_that_breaks_the_pipeline_inside_a_backlog_is_shunted_alone_and_the_rest_are_filed(
+    services: Services, imap_account: Account, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backlog goes in groups, one transaction each; a group that fails is retried one
+    message at a time, so only the bad message ends in Failed and nothing is doubled."""
+    configure(services.settings, imap_account)
+    real = services.classifier.classify
+
+    def classify(text: str, subject: str = "", channel: str = "email") -> object:
+        if "explode" in text:
+            raise RuntimeError("the classifier broke on this one")
+        return real(text, subject, channel)
+
+    monkeypatch.setattr(services.classifier, "classify", classify)
+    bad = make_mail("Please explode my account.", sender="bad@example.org", subject="Request bad")
+    imap_account.deliver_many([request(i) for i in range(1, 4)] + [bytes(bad)] + [request(i) for i in range(4, 7)])
+    with watching(services) as watcher:
+        assert watcher.idle_ready.wait(30)
+        assert watcher.totals.processed == 7 and watcher.totals.failed == 1
+    assert ticket_count(services) == 6
+    assert count(services.db, Shunted) == 1
+    assert imap_account.count("Failed") == 1 and imap_account.count("Processed") == 6 and imap_account.count("INBOX") == 0

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -256,6 +257,47 @@ def trusted_authserv_ids(settings: Settings, source: str) -> tuple[str, ...] | N
     if ids:
         return ids
     return None if source.startswith("imap") else ()
+
+
+#: most messages one :func:`receive_emails` transaction takes: it holds the write lock
+#: (SQLite) or the audit lock (PostgreSQL) that other intake waits behind meanwhile
+GROUP_MAX = 25
+
+
+def receive_emails(services: Services, raws: Sequence[bytes], *, sources: Sequence[str]) -> list[IntakeResult] | None:
+    """Several messages through the pipeline in ONE transaction (group commit), for a
+    channel that drains a backlog; ``None`` when they cannot all be taken that way.
+
+    The results are returned only after the one commit, so a channel that acknowledges
+    what it got back keeps exactly-once.  Failure isolation is the caller's fallback:
+    on ``None`` nothing at all was committed, and the channel takes the messages one at
+    a time with :func:`receive_email`, where a message that fails is shunted alone.
+    That happens when any message does not parse or makes the pipeline fail (including
+    losing a race with another process over the same delivery).  A database that cannot
+    be reached raises :class:`~privbot.store.db.DatabaseUnavailable`, as receive_email does.
+    Each message is handled exactly as :func:`intake` would one after the other (the
+    later ones see what the earlier ones wrote: a repeated delivery is a duplicate).
+    """
+    from privbot.channels.parse import UnparseableMessage, parse_email
+    from privbot.store.db import DatabaseUnavailable
+
+    if not raws or len(raws) > GROUP_MAX:
+        return None
+    try:
+        inbounds = [
+            parse_email(raw, received_at=clock.now(), trusted_authserv_ids=trusted_authserv_ids(services.settings, source))
+            for raw, source in zip(raws, sources, strict=True)
+        ]
+    except UnparseableMessage:
+        return None
+    try:
+        with services.db.transaction() as session:
+            return [_intake(services, session, inbound, dedupe_key(inbound), None) for inbound in inbounds]
+    except DatabaseUnavailable:
+        raise
+    except Exception as exc:  # rolled back whole: the caller retries one by one
+        log.info("group of %d messages fell back to one at a time (%s)", len(raws), type(exc).__name__)
+        return None
 
 
 def receive_email(services: Services, raw: bytes, *, source: str = "smtp", shunt_on_failure: bool = True) -> IntakeResult | None:

@@ -8,7 +8,10 @@ polls) for more.
 Exactly once, because the order never changes:
 
 1. FETCH a batch (``BODY.PEEK[]``: the ``\\Seen`` flag stays as it was);
-2. ``receive_email`` for each message — it returns only after its transaction commits;
+2. ``receive_email`` for each message — it returns only after its transaction commits
+   (a backlog goes in groups of up to 25 through ``receive_emails``, one transaction per
+   group, returning after that commit; a group that fails is rolled back whole and its
+   messages taken one at a time, so a failing message still fails alone);
 3. only then MOVE the committed messages to the processed folder (``COPY`` + ``\\Deleted``
    + ``UID EXPUNGE`` where the server lacks MOVE).
 
@@ -41,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError, LoginError
 
-from privbot.intake import receive_email
+from privbot.intake import GROUP_MAX, receive_email, receive_emails
 from privbot.logs import mask
 from privbot.store.db import DatabaseUnavailable
 
@@ -374,18 +377,38 @@ class ImapWatcher:
         processed_folder, failed_folder = self.settings.imap_processed_folder, self.settings.imap_failed_folder
         messages = box.fetch(uids)
         try:
-            for uid in uids:
-                raw = messages.pop(uid, None)
-                if raw is None:
-                    continue  # expunged meanwhile by someone else: nothing to take
+            # expunged meanwhile by someone else: nothing to take
+            waiting = [(uid, messages.pop(uid)) for uid in uids if uid in messages]
+            for start in range(0, len(waiting), GROUP_MAX):
                 if self.stopping.is_set():
                     break
-                destination = self._take(uid, raw, done)
-                if destination:
-                    self.unfiled.setdefault(destination, set()).add(uid)
+                group = waiting[start : start + GROUP_MAX]
+                if self._take_group(group, done):
+                    continue
+                for uid, raw in group:  # one at a time: a failing message fails alone
+                    if self.stopping.is_set():
+                        break
+                    destination = self._take(uid, raw, done)
+                    if destination:
+                        self.unfiled.setdefault(destination, set()).add(uid)
         finally:
             # File what is committed even when the database went away half-way through.
             self._file_unfiled(box, (processed_folder, failed_folder))
+
+    def _take_group(self, group: list[tuple[int, bytes]], done: Pass) -> bool:
+        """Several messages in one transaction (a backlog costs one commit per group, not
+        per message); False when they must go one at a time (nothing was committed)."""
+        if len(group) < 2 or self.receive is not receive_email:
+            return False
+        sources = [f"imap:{self.settings.imap_folder}/{uid}" for uid, _ in group]
+        results = receive_emails(self.services, [raw for _, raw in group], sources=sources)
+        if results is None:
+            return False
+        for (uid, _), result in zip(group, results):
+            destination = self._taken(uid, result, done)
+            if destination:
+                self.unfiled.setdefault(destination, set()).add(uid)
+        return True
 
     def _take(self, uid: int, raw: bytes, done: Pass) -> str | None:
         """One message through the pipeline; the folder it now belongs in, or None to
@@ -405,6 +428,10 @@ class ImapWatcher:
             self.attempts.pop(uid, None)
             done.failed += 1
             return self.settings.imap_failed_folder
+        return self._taken(uid, result, done)
+
+    def _taken(self, uid: int, result: IntakeResult | None, done: Pass) -> str | None:
+        """Count a committed result; the folder the message now belongs in."""
         self.attempts.pop(uid, None)
         done.processed += 1
         self.totals.processed += 1

@@ -1,0 +1,81 @@
+"""Group commit (``receive_emails``): a backlog taken several messages per transaction
+must end exactly as if each had been taken alone, and a group that cannot be taken
+whole commits nothing, so the channel can take its messages one at a time."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import event, func, select
+
+from privbot import audit
+from privbot.app import Services
+from privbot.intake import GROUP_MAX, receive_email, receive_emails
+from privbot.store.models import Message, OutboxItem, Shunted, Ticket
+from tests.support import make_mail
+
+REQUESTS = [
+    "Please delete all the personal information you hold about me.",
+    "I would like a copy of all the data you have about me.",
+    "Where is my invoice for last month?",
+    "Please close my account.",
+]
+
+
+def raw(i: int, body: str | None = None) -> bytes:
+    return bytes(make_mail(body or REQUESTS[i % len(REQUESTS)], sender=f"user{i}@example.org", subject=f"Request {i}",
+                           message_id=f"<group-{i}@example.org>"))
+
+
+def counts(services: Services) -> tuple[int, int, int]:
+    with services.db.transaction() as s:
+        return tuple(int(s.scalar(select(func.count()).select_from(m)) or 0) for m in (Ticket, OutboxItem, Shunted))  # type: ignore[return-value]
+
+
+def test_a_group_is_committed_once_and_ends_as_if_each_message_came_alone(services: Services) -> None:
+    commits = []
+    event.listen(services.db.engine, "commit", lambda conn: commits.append(1))
+    results = receive_emails(services, [raw(i) for i in range(8)], sources=[f"imap:INBOX/{i}" for i in range(8)])
+    assert results is not None
+    assert len(commits) == 1
+    assert [r.action for r in results] == ["opened", "opened", "triage", "opened"] * 2
+    assert [r.ticket_ref for r in results] == [f"PRIV-{i:06d}" for i in range(1, 9)]
+    assert counts(services) == (8, 6, 0)  # an acknowledgement for each privacy request
+    with services.db.transaction() as s:
+        assert audit.verify_chain(s).ok
+        # each acknowledgement threads onto its own request
+        replies = s.scalars(select(Message).where(Message.direction == "out").order_by(Message.id)).all()
+        assert [m.in_reply_to for m in replies] == [f"<group-{i}@example.org>" for i in (0, 1, 3, 4, 5, 7)]
+
+
+def test_a_delivery_repeated_inside_one_group_opens_one_ticket(services: Services) -> None:
+    results = receive_emails(services, [raw(1), raw(1), raw(2)], sources=["imap:INBOX/1", "imap:INBOX/2", "imap:INBOX/3"])
+    assert results is not None
+    assert [r.action for r in results] == ["opened", "duplicate", "triage"]
+    assert results[1].ticket_ref == results[0].ticket_ref
+    assert counts(services)[0] == 2
+
+
+def test_a_group_with_a_failing_message_commits_nothing_and_each_message_then_goes_alone(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = services.classifier.classify
+
+    def classify(text: str, subject: str = "", channel: str = "email") -> object:
+        if "explode" in text:
+            raise RuntimeError("the classifier broke on this one")
+        return real(text, subject, channel)
+
+    monkeypatch.setattr(services.classifier, "classify", classify)
+    group = [raw(0), raw(1, "Please explode my account."), raw(3)]
+    assert receive_emails(services, group, sources=["imap:INBOX/1", "imap:INBOX/2", "imap:INBOX/3"]) is None
+    assert counts(services) == (0, 0, 0)  # the first message was not committed either
+    actions = [receive_email(services, r, source="imap:INBOX/x").action for r in group]  # type: ignore[union-attr]
+    assert actions == ["opened", "shunted", "opened"]
+    assert counts(services) == (2, 2, 1)
+
+
+def test_an_unparseable_message_or_an_oversized_group_is_left_to_one_at_a_time(services: Services) -> None:
+    assert receive_emails(services, [raw(0), b"no headers, not mail\r\n"], sources=["a", "b"]) is None
+    many = [raw(i) for i in range(GROUP_MAX + 1)]
+    assert receive_emails(services, many, sources=["imap"] * len(many)) is None
+    assert counts(services) == (0, 0, 0)
