@@ -105,6 +105,49 @@ def hwm_kib(pid: int) -> tuple[int, int]:
     return int(fields["VmHWM"].split()[0]), int(fields["VmRSS"].split()[0])
 
 
+def start_memory(tmp: Path, *, warm: bool) -> int:
+    """Peak RSS (KiB) of a `privbot run` process from start until it is ready and idle,
+    with an empty mailbox: cold (no cached classifier model) or warm (cached)."""
+    data = tmp / ("warm" if warm else "cold")
+    url = f"sqlite:///{data}/run.db"
+    env = {
+        **os.environ,
+        "PRIVBOT_DATA_DIR": str(data),
+        "PRIVBOT_DATABASE_URL": url,
+        "PRIVBOT_PRIVACY_ADDRESS": "privacy@example.com",
+        "PRIVBOT_SMTP_LISTEN": f"127.0.0.1:{_free_port()}",
+        "PRIVBOT_WEB_LISTEN": "",
+        "PRIVBOT_LOG_LEVEL": "INFO",
+    }
+    if warm:
+        subprocess.run([sys.executable, "-c", "from privbot.app import build_services; from privbot.config import load_settings; "
+                        "build_services(load_settings()).classifier"], env=env, cwd=ROOT, check=True)
+    log_path = tmp / f"start-{'warm' if warm else 'cold'}.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "privbot.cli", "run"], env=env, stdout=log, stderr=log, cwd=ROOT)
+        deadline = time.perf_counter() + 60
+        ready_at = None
+        while time.perf_counter() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+            ready = b"privbot running" in log_path.read_bytes()
+            if ready and ready_at is None:
+                ready_at = time.perf_counter()
+            if ready_at and time.perf_counter() - ready_at > 2:  # idle a while after ready
+                break
+        peak, _ = hwm_kib(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    return peak
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def privbot_run(account: Account, tmp: Path) -> None:
     url = f"sqlite:///{tmp}/run.db"
     db = Database(url)
@@ -198,6 +241,9 @@ def main() -> None:
     dovecot.start()
     try:
         with tempfile.TemporaryDirectory() as tmp:
+            cold, warm = start_memory(Path(tmp), warm=False), start_memory(Path(tmp), warm=True)
+            print(f"privbot run start-up, idle: peak RSS {cold / 1024:.0f} MB cold (no cached classifier model), "
+                  f"{warm / 1024:.0f} MB warm (cached)")
             account = channel_alone(dovecot, Path(tmp))
             privbot_run(account, Path(tmp))
             latency(dovecot, Path(tmp))

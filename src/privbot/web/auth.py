@@ -39,7 +39,15 @@ MIN_PASSWORD = 10
 _hasher = PasswordHasher()
 #: verified against when the address is unknown, so a wrong address costs as long as a
 #: wrong password and the login form does not reveal who has an account
-_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+_dummy: list[str] = []
+
+
+def _dummy_hash() -> str:
+    # Made on first need, not at import: one Argon2 hash takes 64 MiB for a moment, and
+    # every `privbot run` imports this module, console or not (its start-up peak).
+    if not _dummy:
+        _dummy.append(_hasher.hash(secrets.token_urlsafe(16)))
+    return _dummy[0]
 
 
 class StaffError(Exception):
@@ -112,11 +120,11 @@ def authenticate(session: Session, email: str, password: str) -> Staff | None:
     try:
         email = normalise_email(email)
     except StaffError:
-        check_password(_DUMMY_HASH, password)
+        check_password(_dummy_hash(), password)
         return None
     staff = session.scalar(select(Staff).where(func.lower(Staff.email) == email))
     if staff is None or not staff.active:
-        check_password(_DUMMY_HASH, password)
+        check_password(_dummy_hash(), password)
         return None
     return staff if check_password(staff.password_hash, password) else None
 
