@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
@@ -73,8 +74,10 @@ class SweepComponent:
                     task.add_done_callback(self.running.discard)
                 try:
                     result = await loop.run_in_executor(None, sweep, self.services)
-                    if result and not result.startswith(("outbox: 0 sent, 0 failed", "nothing")):
-                        log.info("%s: %s", name, result)
+                    # A pass that did nothing (no non-zero count) is not worth a line
+                    # every few seconds; sweeps already name themselves in their result.
+                    if result and re.search(r"[1-9]", result):
+                        log.info("%s", result if result.startswith(f"{name}:") else f"{name}: {result}")
                 except asyncio.CancelledError:
                     # Shutdown caught a sweep that started as the scheduler stopped.  Its
                     # worker thread still finishes (or rolls back) its own transaction;
