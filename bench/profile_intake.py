@@ -24,15 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from sqlalchemy import create_engine, event, text  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
-PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-BODIES = [
-    "Please delete all the personal information you hold about me.",
-    "I would like a copy of all the data you have about me.",
-    "Please close my account.",
-    "Unsubscribe me from your newsletter, please.",
-    "My phone number on file is wrong, please correct it to +44 20 7946 0000.",
-    "Where is my invoice for last month?",
-]
+from bench.bench_smtp import BODIES, PG  # noqa: E402  (the same mix of requests as the SMTP bench)
 STAGES = [
     ("parse_email", "parse.py", "parse_email"),
     ("classify", "classify/__init__.py", "classify"),
