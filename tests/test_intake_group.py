@@ -79,3 +79,32 @@ def test_an_unparseable_message_or_an_oversized_group_is_left_to_one_at_a_time(s
     many = [raw(i) for i in range(GROUP_MAX + 1)]
     assert receive_emails(services, many, sources=["imap"] * len(many)) is None
     assert counts(services) == (0, 0, 0)
+
+
+def test_the_daily_answer_limit_holds_inside_a_group_and_across_groups(services: Services) -> None:
+    cap = services.settings.max_auto_replies_per_day
+
+    def burst(sender: str, start: int, n: int) -> list[bytes]:
+        return [bytes(make_mail(REQUESTS[0], sender=sender, subject=f"Request {i}", message_id=f"<burst-{i}@example.org>"))
+                for i in range(start, start + n)]
+
+    def acknowledged(sender: str) -> int:
+        with services.db.transaction() as s:
+            return int(s.scalar(select(func.count(OutboxItem.id)).where(OutboxItem.recipient == sender)) or 0)
+
+    # one requester fills a whole group: only the first `cap` requests are answered
+    mixed = burst("flood@example.org", 0, GROUP_MAX - 1) + [raw(0)]
+    results = receive_emails(services, mixed, sources=["imap"] * len(mixed))
+    assert results is not None
+    assert [r.detail for r in results[:-1]].count("no acknowledgement: rate limit") == GROUP_MAX - 1 - cap
+    assert acknowledged("flood@example.org") == cap
+    assert acknowledged("user0@example.org") == 1  # a stranger in the same group is answered
+    # a later group counts what earlier transactions sent; so does a message taken alone
+    assert receive_emails(services, burst("flood@example.org", 100, 3), sources=["imap"] * 3) is not None
+    receive_email(services, burst("flood@example.org", 200, 1)[0], source="imap")
+    assert acknowledged("flood@example.org") == cap
+    # a requester whose only earlier ticket was triage still gets answers, up to the limit
+    receive_email(services, bytes(make_mail(REQUESTS[2], sender="late@example.org", message_id="<late-0@example.org>")), source="imap")
+    later = burst("late@example.org", 300, cap + 2)
+    assert receive_emails(services, later, sources=["imap"] * len(later)) is not None
+    assert acknowledged("late@example.org") == cap

@@ -155,11 +155,17 @@ def _open_ticket(
         cues=list(c.cues)[:10],
         due_at=ticket.due_at.isoformat(),
     )
+    # Asked for every new ticket, triage too: a ticket opened later in the same group
+    # for the same requester must not count as their first.
+    first = _requesters_first_ticket(session, ticket)
     if not is_privacy:
         return IntakeResult("triage", ticket.ref, Status.TRIAGE)
 
-    with session.no_autoflush:  # what is pending (this ticket, its audit entry) cannot change the count
-        allowed = may_auto_reply(session, settings.max_auto_replies_per_day, ticket.requester)
+    if first:  # nothing automatic can have gone to them yet: the count would be 0
+        allowed = 0 < settings.max_auto_replies_per_day
+    else:
+        with session.no_autoflush:  # what is pending (this ticket, its audit entry) cannot change the count
+            allowed = may_auto_reply(session, settings.max_auto_replies_per_day, ticket.requester)
     if not allowed:
         audit.record(session, "auto_reply_suppressed", ticket_id=ticket.id, why="too many automatic answers to this requester today")
         return IntakeResult("opened", ticket.ref, ticket.status_enum, "no acknowledgement: rate limit")
@@ -246,6 +252,47 @@ def may_auto_reply(session: Session, limit: int, recipient: str) -> bool:
     return (sent or 0) < limit
 
 
+#: session.info key: a group transaction's requesters (see :func:`receive_emails`)
+_GROUP = "privbot.intake.group"
+
+
+class _GroupRequesters:
+    """Which of a group's requesters have no ticket but the one just opened.
+
+    Asked once per group (one query) instead of a rate-limit count per message."""
+
+    def __init__(self, transaction: object, requesters: set[str]) -> None:
+        self.transaction = transaction
+        self.requesters = requesters
+        self.alone: set[str] | None = None  # worked out on the first ticket opened
+
+
+def _requesters_first_ticket(session: Session, ticket: Ticket) -> bool:
+    """True when ``ticket`` (just opened and flushed) is its requester's only ticket.
+
+    Then no outbox row can belong to any of the requester's tickets, so
+    :func:`may_auto_reply`'s count is 0 and need not be run.  Only known inside a
+    :func:`receive_emails` group; elsewhere ``False`` (the caller counts).  Called after
+    the ticket's audit entry, like the count: the audit lock (PostgreSQL) or
+    ``BEGIN IMMEDIATE`` (SQLite) keeps other processes' tickets out until commit.
+    """
+    group = session.info.get(_GROUP)
+    if not isinstance(group, _GroupRequesters) or group.transaction is not session.get_transaction():
+        return False
+    if ticket.requester not in group.requesters:
+        return False
+    if group.alone is None:
+        with session.no_autoflush:
+            others = session.scalars(
+                select(Ticket.requester).where(Ticket.requester.in_(group.requesters), Ticket.id != ticket.id).distinct()
+            )
+            group.alone = group.requesters - set(others)
+    if ticket.requester in group.alone:
+        group.alone.discard(ticket.requester)  # from now on this ticket exists: count for the next
+        return True
+    return False
+
+
 def trusted_authserv_ids(settings: Settings, source: str) -> tuple[str, ...] | None:
     """Whose ``Authentication-Results`` to believe.
 
@@ -292,7 +339,11 @@ def receive_emails(services: Services, raws: Sequence[bytes], *, sources: Sequen
         return None
     try:
         with services.db.transaction() as session:
-            return [_intake(services, session, inbound, dedupe_key(inbound), None) for inbound in inbounds]
+            session.info[_GROUP] = _GroupRequesters(session.get_transaction(), {inbound.sender[:320] for inbound in inbounds})
+            try:
+                return [_intake(services, session, inbound, dedupe_key(inbound), None) for inbound in inbounds]
+            finally:
+                session.info.pop(_GROUP, None)
     except DatabaseUnavailable:
         raise
     except Exception as exc:  # rolled back whole: the caller retries one by one
