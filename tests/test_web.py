@@ -534,3 +534,15 @@ def test_an_access_answer_goes_out_on_one_approval(services: Services, clients: 
     draft_id = draft_answer(services, ref)
     post(clients["anna"], f"/tickets/{ref}/drafts/{draft_id}/approve", page=f"/tickets/{ref}")
     assert draft(services, draft_id).status == "sent"
+
+
+def test_the_verification_policy_decides_which_answers_need_two_people(services: Services, clients: dict[str, TestClient]) -> None:
+    services.settings.verify_policy = "deletion=code,access=code+second_approval"
+    deletion = open_ticket(services)
+    deletion_draft = draft_answer(services, deletion)
+    post(clients["anna"], f"/tickets/{deletion}/drafts/{deletion_draft}/approve", page=f"/tickets/{deletion}")
+    assert draft(services, deletion_draft).status == "sent"
+    access = open_ticket(services, "Send me a copy of my data.", intent="access", sender="bea@example.org")
+    access_draft = draft_answer(services, access)
+    post(clients["anna"], f"/tickets/{access}/drafts/{access_draft}/approve", page=f"/tickets/{access}")
+    assert draft(services, access_draft).status == "pending"

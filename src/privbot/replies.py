@@ -249,15 +249,16 @@ class ApprovalError(Exception):
     """The draft cannot be approved (wrong state, or four-eyes rule)."""
 
 
-#: rights whose answer changes or destroys data: the approver must not be its editor
-FOUR_EYES = frozenset({"deletion", "cancellation"})
+def four_eyes_rights(settings: Settings) -> frozenset[str]:
+    """Rights whose answers need two people (deletion and cancellation by default).
 
-
-def _needs_second_person(settings: Settings, draft: Draft, ticket: Ticket) -> bool:
-    """The verification policy names the rights whose answers need two people."""
+    The verification policy (``second_approval``) is the one place this is decided, so
+    ``PRIVBOT_VERIFY_POLICY`` changes the console's rule too.
+    """
+    from privbot.domain import PRIVACY_INTENTS
     from privbot.verify import policy_for  # verify drafts through this module
 
-    return any("second_approval" in policy_for(settings, r) for r in {draft.intent, ticket.intent} if r)
+    return frozenset(str(r) for r in PRIVACY_INTENTS if "second_approval" in policy_for(settings, str(r)))
 
 
 def approve(session: Session, settings: Settings, ticket: Ticket, staff_email: str, *, draft_id: int | None = None) -> Draft:
@@ -274,11 +275,12 @@ def approve(session: Session, settings: Settings, ticket: Ticket, staff_email: s
     if draft is None:
         raise ApprovalError(f"{ticket.ref} has no draft waiting for approval")
     # A multi-right ticket has one answer per right: the draft's own right counts too.
-    right = next((r for r in (draft.intent, ticket.intent) if r in FOUR_EYES), None)
+    four_eyes = four_eyes_rights(settings)
+    right = next((r for r in (draft.intent, ticket.intent) if r in four_eyes), None)
     if right and draft.edited_by and draft.edited_by == staff_email:
         raise ApprovalError(f"{ticket.ref}: a {right} answer needs a second person; {staff_email} edited this draft")
     now = clock.now()
-    if right and _needs_second_person(settings, draft, ticket):
+    if right:
         # Four eyes: whoever edited the text, or gave the first approval, is one pair;
         # the approver must be another.  A draft nobody edited needs two approvals.
         if {e for e in (draft.edited_by, draft.reviewed_by) if e} - {staff_email}:

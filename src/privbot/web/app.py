@@ -328,7 +328,7 @@ class Console:
         view = views.ticket_view(ctx.db, ticket)
         return ctx.render(
             "ticket.html", t=ticket, v=view, preview=preview, can_extend=actions.extension_available(),
-            four_eyes=replies.FOUR_EYES,
+            four_eyes=replies.four_eyes_rights(self.settings),
         )
 
     def reports(self, ctx: Ctx) -> Response:
