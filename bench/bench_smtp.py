@@ -34,16 +34,21 @@ BODIES = [
 ]
 
 
+def request_mail(sender: str, i: int) -> EmailMessage:
+    """The i-th request of the benchmark mix, from ``sender``, with a fresh Message-ID."""
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = "privacy@example.com"
+    msg["Subject"] = "Privacy request"
+    msg["Message-ID"] = f"<{uuid.uuid4().hex}@example.org>"
+    msg.set_content(BODIES[i % len(BODIES)])
+    return msg
+
+
 def _client(port: int, worker: int, count: int) -> None:
     with smtplib.SMTP("127.0.0.1", port, timeout=60) as smtp:
         for i in range(count):
-            msg = EmailMessage()
-            msg["From"] = f"user{worker}-{i}@example.org"
-            msg["To"] = "privacy@example.com"
-            msg["Subject"] = "Privacy request"
-            msg["Message-ID"] = f"<{uuid.uuid4().hex}@example.org>"
-            msg.set_content(BODIES[i % len(BODIES)])
-            smtp.send_message(msg)
+            smtp.send_message(request_mail(f"user{worker}-{i}@example.org", i))
 
 
 def blast(port: int) -> float:

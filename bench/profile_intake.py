@@ -15,7 +15,6 @@ import sys
 import tempfile
 import time
 import uuid
-from email.message import EmailMessage
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -24,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from sqlalchemy import create_engine, event, text  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
-from bench.bench_smtp import BODIES, PG  # noqa: E402  (the same mix of requests as the SMTP bench)
+from bench.bench_smtp import PG, request_mail  # noqa: E402  (the same mix of requests as the SMTP bench)
 STAGES = [
     ("parse_email", "parse.py", "parse_email"),
     ("classify", "classify/__init__.py", "classify"),
@@ -41,13 +40,7 @@ STAGES = [
 
 
 def mail(i: int) -> bytes:
-    msg = EmailMessage()
-    msg["From"] = f"user{i}@example.org"
-    msg["To"] = "privacy@example.com"
-    msg["Subject"] = "Privacy request"
-    msg["Message-ID"] = f"<{uuid.uuid4().hex}@example.org>"
-    msg.set_content(BODIES[i % len(BODIES)])
-    return bytes(msg)
+    return bytes(request_mail(f"user{i}@example.org", i))
 
 
 def main() -> None:

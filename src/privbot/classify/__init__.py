@@ -56,14 +56,8 @@ log = logging.getLogger(__name__)
 #: Bump when features, augmentation or scoring change, so stale caches are not reused.
 MODEL_VERSION = "privbot-classify-3"
 
-INTENT_ORDER: tuple[Intent, ...] = (
-    Intent.ACCESS,
-    Intent.CORRECTION,
-    Intent.DELETION,
-    Intent.WITHDRAWAL,
-    Intent.CANCELLATION,
-    Intent.OTHER,
-)
+#: the model's columns: the enum's own order
+INTENT_ORDER: tuple[Intent, ...] = tuple(Intent)
 LANGUAGES = ("en", "zh", "es", "de", "fr", "pt", "ja")
 
 
