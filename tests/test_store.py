@@ -102,3 +102,56 @@ def test_backoff_grows_and_is_capped() -> None:
     assert outbox.backoff(1) == timedelta(seconds=30)
     assert outbox.backoff(3) == timedelta(seconds=120)
     assert outbox.backoff(50) == timedelta(hours=1)
+
+
+# ---------------------------------------------------------------------------- ids and bulk writes
+
+
+def test_rows_written_in_bulk_read_back_with_their_defaults_and_stay_tracked(services: Services) -> None:
+    """New rows of the intake's tables skip the unit of work (store.bulk); they must come
+    back exactly as written, defaults filled in, and later changes must still be saved."""
+    from privbot.store import ids
+    from privbot.store.models import Challenge, Draft, Message, Ticket
+
+    now = clock.now()
+    with services.db.transaction() as s:
+        ticket = Ticket(intent="access", status="received", channel="email", requester="ann@example.org",
+                        received_at=now, due_at=now + timedelta(days=30), updated_at=now)
+        s.add(ticket)
+        tid = ids.assign(s, ticket)  # known before anything is written: the reference goes into the subject
+        draft = Draft(ticket_id=tid, kind="answer", intent="access", language="en", subject=f"[{ticket.ref}] x",
+                      text="t", html="", status="pending", needs_approval=True, created_at=now)
+        # a child attached only through the relationship gets its key as the ORM would give it
+        message = Message(ticket=ticket, direction="in", kind="request", channel="email", dedupe_key="k1",
+                          sender="ann@example.org", subject="s", body="b", new_text="b", created_at=now)
+        challenge = Challenge(ticket_id=tid, address="ann@example.org", code_hash="h", created_at=now, expires_at=now)
+        s.add_all([draft, message, challenge])
+        s.flush()
+        draft.status = "approved"  # after the bulk INSERT: an ordinary UPDATE
+        audit.record(s, "test", ticket_id=tid)
+    with services.db.transaction() as s:
+        t = s.get(Ticket, tid)
+        assert t is not None and t.ref == f"PRIV-{tid:06d}"
+        assert (t.extended, t.verified, t.paused_seconds, t.intents, t.language) == (False, False, 0, [], "en")
+        assert s.scalar(select(Draft.status).where(Draft.ticket_id == tid)) == "approved"
+        assert s.scalar(select(Message.ticket_id).where(Message.dedupe_key == "k1")) == tid
+        assert s.scalar(select(Challenge.attempts).where(Challenge.ticket_id == tid)) == 0
+        assert audit.verify_chain(s).ok
+
+
+def test_ids_handed_out_in_one_transaction_never_collide_with_the_next(services: Services) -> None:
+    from privbot.store import ids
+    from privbot.store.models import Ticket
+
+    now = clock.now()
+    seen: list[int] = []
+    for _ in range(3):
+        with services.db.transaction() as s:
+            for _ in range(3):
+                t = Ticket(intent="access", status="received", channel="email", requester="a@example.org",
+                           received_at=now, due_at=now, updated_at=now)
+                seen.append(ids.assign(s, t))
+                s.add(t)
+    assert len(set(seen)) == 9 and seen == sorted(seen)
+    with services.db.transaction() as s:
+        assert sorted(s.scalars(select(Ticket.id))) == seen

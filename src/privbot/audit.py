@@ -15,6 +15,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from privbot import clock
+from privbot.store import ids
 from privbot.store.models import AuditEntry
 
 GENESIS = "0" * 64
@@ -30,9 +31,12 @@ def record(session: Session, action: str, *, actor: str = "privbot", ticket_id: 
     slipped through into an error instead of a silent branch.
 
     The entry is added, not flushed: it reaches the database with the caller's next
-    flush (at the latest, the commit).  Within one transaction the tail is remembered
-    after the first append (see :func:`_cached_tail`), so later appends skip both the
-    lock, already held until commit, and the SELECT of the tail."""
+    flush (at the latest, the commit).  Its id is taken at once, under the lock
+    (:mod:`privbot.store.ids`): ids decide the chain's order (:func:`verify_chain` reads
+    by id), so the order of the INSERTs in a flush does not matter.  Within one
+    transaction the tail is remembered after the first append (see :func:`_cached_tail`),
+    so later appends skip both the lock, already held until commit, and the SELECT of
+    the tail."""
     tail = _cached_tail(session)
     if tail is None:
         if session.get_bind().dialect.name == "postgresql":
@@ -41,10 +45,6 @@ def record(session: Session, action: str, *, actor: str = "privbot", ticket_id: 
             session.execute(text("SELECT pg_advisory_xact_lock(:k, hashtext(current_schema()))"), {"k": _AUDIT_LOCK})
         prev_hash = session.scalar(select(AuditEntry.hash).order_by(AuditEntry.id.desc()).limit(1)) or GENESIS
     else:
-        if tail in session.new:
-            # Ids decide the chain's order (verify_chain reads by id): never leave two
-            # entries to one flush, whose INSERT order is the ORM's business.
-            session.flush()
         prev_hash = tail.hash
     entry = AuditEntry(
         ticket_id=ticket_id,
@@ -55,6 +55,7 @@ def record(session: Session, action: str, *, actor: str = "privbot", ticket_id: 
         prev_hash=prev_hash,
     )
     entry.hash = hashlib.sha256(entry.canonical().encode()).hexdigest()
+    entry.id = ids.next_id(session, "audit")
     session.add(entry)
     session.info[_TAIL] = (session.get_transaction(), entry)
     return entry

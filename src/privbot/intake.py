@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 
 from privbot import audit, clock, deadlines, replies, verify
 from privbot.domain import Classification, Inbound, IntakeResult, Intent, Status, parse_ref
+from privbot.store import ids
 from privbot.store.models import Draft, Message, OutboxItem, Ticket
 
 if TYPE_CHECKING:
@@ -58,12 +59,32 @@ def intake(services: Services, inbound: Inbound, *, classification: Classificati
         raise
 
 
-def _intake(services: Services, session: Session, inbound: Inbound, key: str, classification: Classification | None) -> IntakeResult:
-    # Only the ticket is wanted: loading the whole row would read the raw bytes too.
-    existing = session.execute(select(Message.id, Message.ticket_id).where(Message.dedupe_key == key)).first()
-    if existing is not None:
-        known = session.get(Ticket, existing.ticket_id) if existing.ticket_id is not None else None
+def _intake(
+    services: Services, session: Session, inbound: Inbound, key: str, classification: Classification | None,
+    seen: dict[str, int | None] | None = None,
+) -> IntakeResult:
+    """``seen``: a group's deliveries already recorded (key -> ticket id), asked for the
+    whole group at once; without it, this delivery is looked up on its own."""
+    if seen is None:
+        # Only the ticket is wanted: loading the whole row would read the raw bytes too.
+        existing = session.execute(select(Message.ticket_id).where(Message.dedupe_key == key)).first()
+        known_ticket, duplicate = (existing.ticket_id, True) if existing is not None else (None, False)
+    else:
+        duplicate, known_ticket = key in seen, seen.get(key)
+    if duplicate:
+        known = session.get(Ticket, known_ticket) if known_ticket is not None else None
         return IntakeResult("duplicate", known.ref if known else None)
+    result = _record(services, session, inbound, key, classification)
+    if seen is not None:
+        seen[key] = session.info.pop(_LAST_TICKET, None)
+    return result
+
+
+#: session.info key: the ticket (id) the last recorded message went to
+_LAST_TICKET = "privbot.intake.last_ticket"
+
+
+def _record(services: Services, session: Session, inbound: Inbound, key: str, classification: Classification | None) -> IntakeResult:
     now = clock.now()
     received_at = inbound.received_at or now
     ticket = find_thread(session, inbound)
@@ -85,18 +106,19 @@ def _intake(services: Services, session: Session, inbound: Inbound, key: str, cl
         auto_reason=inbound.auto_reason,
         created_at=received_at,
     )
+    session.info[_LAST_TICKET] = message.ticket_id
 
     if inbound.auto_reason:
         message.kind = "auto_reply"
+        ids.assign(session, message)
         session.add(message)
-        session.flush()
         audit.record(session, "auto_reply_recorded", ticket_id=ticket.id if ticket else None, message=message.id, reason=inbound.auto_reason)
         return IntakeResult("auto_reply", ticket.ref if ticket else None, ticket.status_enum if ticket else None, inbound.auto_reason)
 
     if ticket is not None:
         message.kind = "reply"
+        ids.assign(session, message)
         session.add(message)
-        session.flush()
         ticket.updated_at = now
         audit.record(session, "reply_received", ticket_id=ticket.id, message=message.id)
         handled = verify.on_reply(services, session, ticket, inbound, message)
@@ -139,11 +161,12 @@ def _open_ticket(
         legal_clock=settings.legal_clock,
         updated_at=now,
     )
-    # One flush writes the ticket and then the message (the relationship orders them);
-    # the ticket's id is needed at once, for its reference and the audit trail.
-    message.ticket = ticket
+    # The ticket's id is needed at once, for its reference and the audit trail; it is
+    # handed out without a flush (store.ids), and the commit's one flush writes the
+    # ticket before the message (the mappers' dependency orders them).
+    message.ticket_id = session.info[_LAST_TICKET] = ids.assign(session, ticket)
     session.add(ticket)
-    session.flush()
+    session.add(message)
     audit.record(
         session,
         "ticket_opened",
@@ -164,8 +187,9 @@ def _open_ticket(
     if first:  # nothing automatic can have gone to them yet: the count would be 0
         allowed = 0 < settings.max_auto_replies_per_day
     else:
-        with session.no_autoflush:  # what is pending (this ticket, its audit entry) cannot change the count
-            allowed = may_auto_reply(session, settings.max_auto_replies_per_day, ticket.requester)
+        # The count autoflushes: in a group, answers queued for this requester by the
+        # messages before this one are still waiting to be written, and they count.
+        allowed = may_auto_reply(session, settings.max_auto_replies_per_day, ticket.requester)
     if not allowed:
         audit.record(session, "auto_reply_suppressed", ticket_id=ticket.id, why="too many automatic answers to this requester today")
         return IntakeResult("opened", ticket.ref, ticket.status_enum, "no acknowledgement: rate limit")
@@ -340,8 +364,13 @@ def receive_emails(services: Services, raws: Sequence[bytes], *, sources: Sequen
     try:
         with services.db.transaction() as session:
             session.info[_GROUP] = _GroupRequesters(session.get_transaction(), {inbound.sender[:320] for inbound in inbounds})
+            keys = [dedupe_key(inbound) for inbound in inbounds]
+            # One query for the whole group; then nothing the group adds needs flushing
+            # before the commit, which writes it all with one INSERT per table.
+            found = session.execute(select(Message.dedupe_key, Message.ticket_id).where(Message.dedupe_key.in_(set(keys))))
+            seen: dict[str, int | None] = {k: t for k, t in found}
             try:
-                return [_intake(services, session, inbound, dedupe_key(inbound), None) for inbound in inbounds]
+                return [_intake(services, session, inbound, key, None, seen) for inbound, key in zip(inbounds, keys, strict=True)]
             finally:
                 session.info.pop(_GROUP, None)
     except DatabaseUnavailable:

@@ -23,6 +23,7 @@ from privbot import audit, clock
 from privbot.channels.mail_out import build_email, header_safe, new_message_id
 from privbot.config import Settings
 from privbot.domain import Channel, Status
+from privbot.store import ids
 from privbot.store.models import Draft, Message, OutboxItem, Ticket
 
 DEFAULT_LANGUAGE = "en"
@@ -122,11 +123,11 @@ def create_draft(
         needs_approval=needs_approval,
         created_at=clock.now(),
     )
+    ids.assign(session, draft)
     session.add(draft)
     if needs_approval:  # an automatic message is audited once, when enqueue() queues it
-        session.flush()
         audit.record(session, "draft_created", ticket_id=ticket.id, draft_id=draft.id, kind=kind)
-    # else enqueue() follows at once, and one flush writes the draft with its outbox rows
+    # else enqueue() follows at once and audits it
     return draft
 
 
@@ -168,7 +169,7 @@ def enqueue(
         items.append(
             OutboxItem(
                 ticket_id=ticket.id,
-                draft=draft,
+                draft_id=ids.assign(session, draft),
                 channel=Channel.TELEGRAM,
                 recipient=str(ticket.chat_id),
                 subject=draft.subject,
@@ -195,7 +196,7 @@ def enqueue(
         items.append(
             OutboxItem(
                 ticket_id=ticket.id,
-                draft=draft,
+                draft_id=ids.assign(session, draft),
                 channel=Channel.EMAIL,
                 recipient=ticket.requester,
                 message_id=message_id,
@@ -236,11 +237,11 @@ def enqueue(
             )
         )
     for item in items:
+        ids.assign(session, item)
         session.add(item)
     draft.status = "sent"
     if scrub is not None:
         draft.text, draft.html = scrub(draft.text), scrub(draft.html)
-    session.flush()
     audit.record(session, "queued", ticket_id=ticket.id, draft_id=draft.id, kind=draft.kind, outbox=[i.id for i in items])
     return items
 

@@ -50,6 +50,7 @@ from privbot.accounts import ConnectorUnavailable, lookup_account
 from privbot.config import ConfigError, Settings
 from privbot.domain import PRIVACY_INTENTS, Inbound, Status
 from privbot.logs import mask
+from privbot.store import ids
 from privbot.store.models import Account, Challenge, Draft, Message, OutboxItem, Ticket
 
 if TYPE_CHECKING:
@@ -254,8 +255,8 @@ def issue_challenge(
         attempts=0,
         status="open",
     )
+    ids.assign(session, challenge)
     session.add(challenge)
-    session.flush()
     audit.record(session, "challenge_issued", ticket_id=ticket_id, challenge=challenge.id, expires_at=challenge.expires_at.isoformat())
     return challenge, code
 

@@ -20,6 +20,8 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from privbot.store import bulk as _bulk  # noqa: F401  (installs the hook that writes new rows: store.bulk)
+
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 #: PostgreSQL advisory lock key held while migrating (an arbitrary constant)
 _MIGRATION_LOCK = 0x707269766274
@@ -46,6 +48,10 @@ class Database:
         self.engine: Engine = create_engine(url, **kwargs)
         if self.dialect == "sqlite":
             _sqlite_pragmas(self.engine)
+        else:
+            # One INSERT with many VALUES rows for the intake's bulk writes (store.bulk),
+            # instead of psycopg sending a statement per row.
+            self.engine.dialect.use_insertmanyvalues_wo_returning = True  # type: ignore[attr-defined]
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def session(self) -> Session:

@@ -186,8 +186,11 @@ class OutboxItem(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
-    #: lets one flush write a draft and the outbox rows that send it (no schema change)
+    #: These relationships (no schema change) tell the flush to write tickets, then
+    #: drafts, then outbox rows: ids are handed out before the flush (store.ids), so
+    #: one flush writes a new ticket with everything that refers to it.
     draft: Mapped[Draft | None] = relationship()
+    ticket: Mapped[Ticket | None] = relationship()
 
 
 class DeliveryAttempt(Base):
@@ -266,6 +269,9 @@ class Challenge(Base):
     status: Mapped[str] = mapped_column(String(16), default="open")
     verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     reminded_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    #: orders the flush: a new ticket is written before its challenge (see OutboxItem)
+    ticket: Mapped[Ticket | None] = relationship()
 
 
 class Staff(Base):
