@@ -2,7 +2,8 @@
 
 It refuses recipients other than the privacy address at RCPT (550), lets aiosmtpd
 refuse oversized data (552), and answers ``250`` only after the pipeline's transaction
-has committed.  When the database is unreachable, or anything else goes wrong before
+has committed.  Messages that arrive together over several connections are committed
+together (:mod:`privbot.groupcommit`).  When the database is unreachable, or anything else goes wrong before
 the message is safely kept, it answers ``451`` so the sending server tries again.
 """
 
@@ -16,7 +17,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from privbot.channels.parse import normalise_address
-from privbot.intake import receive_email
+from privbot.groupcommit import GroupCommitter
 
 if TYPE_CHECKING:
     from privbot.app import Services
@@ -30,6 +31,7 @@ class PrivacyHandler:
     def __init__(self, services: Services) -> None:
         self.services = services
         self.address = normalise_address(services.settings.privacy_address)
+        self.committer = GroupCommitter(services, source="smtp")
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]) -> str:
         if normalise_address(address) != self.address:
@@ -45,10 +47,9 @@ class PrivacyHandler:
         # is how bounces announce themselves.
         mail_from = "".join(ch for ch in (envelope.mail_from or "") if ch.isprintable() and ch not in "<>")[:320]
         raw = f"Return-Path: <{mail_from}>\r\n".encode() + raw
-        loop = asyncio.get_running_loop()
         try:
-            # The pipeline is blocking database work: keep it off the event loop.
-            await loop.run_in_executor(None, lambda: receive_email(self.services, raw, source="smtp"))
+            # The pipeline is blocking database work: it runs on the committer's thread.
+            await self.committer.submit(raw)
         except Exception as exc:
             log.warning("SMTP intake deferred a message: %s: %s", type(exc).__name__, str(exc)[:200])
             return "451 4.3.0 Temporary failure, please try again later"

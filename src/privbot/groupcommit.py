@@ -1,0 +1,112 @@
+"""Group commit: messages arriving at once over several connections share one transaction.
+
+Why this module exists: each SMTP session must hear ``250`` only after its message is
+committed, and a commit — with its BEGIN, its locks, its flush and its fsync — costs more
+than the message.  When several senders deliver at the same moment, their messages wait
+here while the one before them is committed, and then go through the pipeline together
+(:func:`privbot.intake.receive_emails`): one transaction, one INSERT per table, one
+commit, after which every waiting session gets its own answer.  Nobody waits for a
+group to fill: a message that arrives alone is taken at once, alone.
+
+Failure isolation is unchanged: when a group cannot be taken whole (a message that does
+not parse, or makes the pipeline fail), nothing of it was committed and its messages
+are taken one at a time (:func:`privbot.intake.receive_email`), the bad one shunted
+alone.  A database that cannot be reached fails every waiting message, and each sender
+is told to try again later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from typing import TYPE_CHECKING, Any
+
+from privbot.domain import IntakeResult
+from privbot.intake import GROUP_MAX, receive_email, receive_emails
+
+if TYPE_CHECKING:
+    from privbot.app import Services
+
+log = logging.getLogger(__name__)
+
+#: seconds the worker thread waits for work before it ends (it starts again on demand)
+IDLE_SECONDS = 5.0
+
+_Item = tuple[bytes, asyncio.AbstractEventLoop, "asyncio.Future[IntakeResult | None]"]
+
+
+class GroupCommitter:
+    """One worker thread taking raw messages from any number of sessions, in groups."""
+
+    def __init__(self, services: Services, *, source: str = "smtp", group_max: int = GROUP_MAX) -> None:
+        self.services = services
+        self.source = source
+        self.group_max = group_max
+        self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._running = False
+        #: sizes of the groups committed so far (for the benchmark and the tests)
+        self.groups: list[int] = []
+
+    async def submit(self, raw: bytes) -> IntakeResult | None:
+        """Put ``raw`` through the pipeline; return once it is committed (or raise)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[IntakeResult | None] = loop.create_future()
+        self._queue.put((raw, loop, future))
+        with self._lock:
+            if not self._running:
+                self._running = True
+                threading.Thread(target=self._run, name="privbot-groupcommit", daemon=True).start()
+        return await future
+
+    def _run(self) -> None:
+        while True:
+            try:
+                first = self._queue.get(timeout=IDLE_SECONDS)
+            except queue.Empty:
+                with self._lock:  # submit() puts before it looks at _running: nothing is stranded
+                    if self._queue.empty():
+                        self._running = False
+                        return
+                continue
+            group = [first]
+            while len(group) < self.group_max:
+                try:
+                    group.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            self._commit(group)
+
+    def _commit(self, group: list[_Item]) -> None:
+        self.groups.append(len(group))
+        outcomes: list[Any]
+        try:
+            results = receive_emails(self.services, [raw for raw, _, _ in group], sources=[self.source] * len(group)) if len(group) > 1 else None
+        except Exception as exc:  # the database is unreachable: every sender retries
+            outcomes = [exc] * len(group)
+        else:
+            if results is not None:
+                outcomes = list(results)
+            else:
+                outcomes = []
+                for raw, _, _ in group:
+                    try:
+                        outcomes.append(receive_email(self.services, raw, source=self.source))
+                    except Exception as exc:
+                        outcomes.append(exc)
+        for (_, loop, future), outcome in zip(group, outcomes, strict=True):
+            try:
+                loop.call_soon_threadsafe(_settle, future, outcome)
+            except RuntimeError:  # that session's event loop is gone (the server stopped)
+                log.debug("a committed message's session ended before its answer")
+
+
+def _settle(future: asyncio.Future[IntakeResult | None], outcome: Any) -> None:
+    if future.done():  # the client went away while it waited; the message is committed anyway
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)

@@ -1,0 +1,138 @@
+"""Group commit over SMTP: messages delivered at the same moment over several connections
+share one transaction, and every sender still hears ``250`` only once its own message is
+committed — or ``451`` when it is not."""
+
+from __future__ import annotations
+
+import smtplib
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import event, func, select
+
+from privbot import audit, groupcommit
+from privbot.app import Services
+from privbot.domain import IntakeResult
+from privbot.store.models import OutboxItem, Shunted, Ticket
+from tests.support import make_mail
+
+N = 6
+
+
+def _deliver(port: int, payload: bytes, sender: str, answers: dict[str, Any]) -> None:
+    try:
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
+            smtp.sendmail(sender, ["privacy@example.com"], payload)
+        answers[sender] = 250
+    except smtplib.SMTPResponseException as exc:
+        answers[sender] = exc.smtp_code
+
+
+def _hold_first_message(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
+    """The first message is taken alone and held in the pipeline until released, so the
+    ones sent meanwhile queue behind it and are committed together."""
+    entered, release = threading.Event(), threading.Event()
+    real: Callable[..., IntakeResult | None] = groupcommit.receive_email
+
+    def held(*args: Any, **kwargs: Any) -> IntakeResult | None:
+        if not entered.is_set():
+            entered.set()
+            assert release.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(groupcommit, "receive_email", held)
+    return entered, release
+
+
+def _send_all(ctl: Any, payloads: list[bytes], entered: threading.Event, release: threading.Event) -> dict[str, Any]:
+    port = ctl.port
+    answers: dict[str, Any] = {}
+    first = threading.Thread(target=_deliver, args=(port, payloads[0], "user0@example.org", answers))
+    first.start()
+    assert entered.wait(30)
+    rest = [threading.Thread(target=_deliver, args=(port, p, f"user{i}@example.org", answers)) for i, p in enumerate(payloads[1:], 1)]
+    for t in rest:
+        t.start()
+    _wait_queued(ctl, len(rest))
+    release.set()
+    for t in [first, *rest]:
+        t.join(30)
+    return answers
+
+
+def _wait_queued(ctl: Any, count: int) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if ctl.handler.committer._queue.qsize() >= count:
+            return
+        time.sleep(0.01)
+    raise AssertionError("the messages never reached the committer")
+
+
+@pytest.fixture
+def smtp_ctl(services: Services) -> Any:
+    from privbot.channels.smtp_in import controller
+    from tests.support import free_port
+
+    ctl = controller(services, "127.0.0.1", free_port())
+    ctl.start()
+    yield ctl
+    ctl.stop()
+
+
+def _mail(i: int, body: str = "Please delete all the personal information you hold about me.") -> bytes:
+    return bytes(make_mail(body, sender=f"user{i}@example.org", message_id=f"<gc-{i}@example.org>"))
+
+
+def test_messages_arriving_together_share_one_commit_and_each_sender_hears_250(
+    services: Services, smtp_ctl: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    commits: list[int] = []
+    event.listen(services.db.engine, "commit", lambda conn: commits.append(1))
+    entered, release = _hold_first_message(monkeypatch)
+    answers = _send_all(smtp_ctl, [_mail(i) for i in range(N)], entered, release)
+
+    assert answers == {f"user{i}@example.org": 250 for i in range(N)}
+    assert smtp_ctl.handler.committer.groups == [1, N - 1]  # the five that waited went in together
+    assert len(commits) == 2
+    with services.db.transaction() as s:
+        requesters = s.scalars(select(Ticket.requester).order_by(Ticket.id)).all()
+        assert sorted(requesters) == sorted(f"user{i}@example.org" for i in range(N))
+        assert s.scalar(select(func.count(OutboxItem.id))) == N  # one acknowledgement each
+        assert audit.verify_chain(s).ok
+
+
+def test_a_message_that_fails_in_a_group_is_shunted_alone_and_the_others_are_accepted(
+    services: Services, smtp_ctl: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entered, release = _hold_first_message(monkeypatch)
+    payloads = [_mail(i) for i in range(N)]
+    payloads[3] = b"\r\n\r\n"  # no headers, no body: nothing to parse
+    answers = _send_all(smtp_ctl, payloads, entered, release)
+
+    assert answers == {f"user{i}@example.org": 250 for i in range(N)}  # the bad one is kept, so accepted too
+    with services.db.transaction() as s:
+        assert s.scalar(select(func.count(Ticket.id))) == N - 1
+        assert s.scalar(select(func.count(Shunted.id))) == 1
+
+
+def test_a_group_that_cannot_reach_the_database_tells_every_sender_to_retry(
+    services: Services, smtp_ctl: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from privbot.store.db import DatabaseUnavailable
+
+    entered, release = _hold_first_message(monkeypatch)
+
+    def down(*_a: Any, **_k: Any) -> None:
+        raise DatabaseUnavailable("connection refused")
+
+    monkeypatch.setattr(groupcommit, "receive_emails", down)
+    answers = _send_all(smtp_ctl, [_mail(i) for i in range(N)], entered, release)
+
+    assert answers["user0@example.org"] == 250  # it was already being committed
+    assert {answers[f"user{i}@example.org"] for i in range(1, N)} == {451}
+    with services.db.transaction() as s:
+        assert s.scalar(select(func.count(Ticket.id))) == 1
