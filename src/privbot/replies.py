@@ -47,10 +47,22 @@ class Renderer:
             keep_trailing_newline=True,
         )
         self.env.filters["date"] = _format_date
+        self._languages: dict[str, tuple[int, list[str]]] = {}
 
     def languages(self, name: str) -> list[str]:
+        """The languages ``name`` has a text template in.  Remembered until the folder
+        changes (adding or removing a file changes its mtime), so an officer's new
+        language is picked up at once without listing the folder for every message."""
         folder = self.dir / name
-        return sorted(p.name.split(".")[0] for p in folder.glob("*.txt")) if folder.is_dir() else []
+        try:
+            mtime = folder.stat().st_mtime_ns
+        except OSError:
+            return []
+        cached = self._languages.get(name)
+        if cached is None or cached[0] != mtime:
+            found = sorted(p.name.split(".")[0] for p in folder.glob("*.txt")) if folder.is_dir() else []
+            cached = self._languages[name] = (mtime, found)
+        return list(cached[1])
 
     def pick_language(self, name: str, wanted: str) -> str:
         available = self.languages(name)

@@ -273,6 +273,8 @@ def check_code(session: Session, settings: Settings, challenge: Challenge, code:
 
 def _attempt(session: Session, settings: Settings, challenge: Challenge, candidates: list[str], *, via: str = "") -> str:
     now = clock.now()
+    if challenge in session.new:  # issued in this transaction and not written yet (store.ids)
+        session.flush()
     session.refresh(challenge)
     result: str
     if challenge.status == "verified":

@@ -45,6 +45,7 @@ class _Plan:
         self.parents: list[tuple[str, list[tuple[str, str]]]] = []
         #: one-to-many relationships: (attribute, [(remote attribute on child, local attribute)])
         self.children: list[tuple[str, list[tuple[str, str]]]] = []
+        self._statements: dict[str, tuple[str, list[str], list[Callable[[Any], Any] | None], bool]] = {}
         for rel in mapper.relationships:
             pairs = [(mapper.get_property_by_column(local).key, rel.mapper.get_property_by_column(remote).key)
                      for local, remote in rel.local_remote_pairs]
@@ -52,6 +53,18 @@ class _Plan:
                 self.parents.append((rel.key, pairs))
             elif rel.direction.name == "ONETOMANY":
                 self.children.append((rel.key, [(r, l) for l, r in pairs]))
+
+    def statement(self, dialect: Any) -> tuple[str, list[str], list[Callable[[Any], Any] | None], bool]:
+        """The INSERT as the driver takes it, with each column's bind conversion
+        (worked out once per dialect: compiling a statement per write cost more than
+        the write)."""
+        cached = self._statements.get(dialect.name)
+        if cached is None:
+            compiled = self.table.insert().compile(dialect=dialect)
+            keys = list(compiled.positiontup) if compiled.positional else [c.key for c in self.table.columns]
+            procs = [self.table.c[k].type.dialect_impl(dialect).bind_processor(dialect) for k in keys]
+            cached = self._statements[dialect.name] = (compiled.string, keys, procs, bool(compiled.positional))
+        return cached
 
     def row(self, obj: Any) -> dict[str, Any]:
         values = obj.__dict__
@@ -112,7 +125,13 @@ def write_new(session: Session) -> int:
         objs = by_class[cls]
         if objs:
             plan = _PLANS[cls]
-            conn.execute(plan.table.insert(), [plan.row(obj) for obj in objs])
+            sql, keys, procs, positional = plan.statement(conn.dialect)
+            rows = [plan.row(obj) for obj in objs]
+            params: list[Any] = []
+            for row in rows:
+                values = [proc(row[k]) if proc is not None else row[k] for k, proc in zip(keys, procs, strict=True)]
+                params.append(tuple(values) if positional else dict(zip(keys, values, strict=True)))
+            conn.exec_driver_sql(sql, params if len(params) > 1 else params[0])
     # Back into the session as rows that exist: first all out (so that re-adding one
     # cannot cascade to another still pending), then all in.
     for obj in new:

@@ -186,11 +186,7 @@ class OutboxItem(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
-    #: These relationships (no schema change) tell the flush to write tickets, then
-    #: drafts, then outbox rows: ids are handed out before the flush (store.ids), so
-    #: one flush writes a new ticket with everything that refers to it.
-    draft: Mapped[Draft | None] = relationship()
-    ticket: Mapped[Ticket | None] = relationship()
+    draft: Mapped[Draft | None] = relationship()  # no schema change
 
 
 class DeliveryAttempt(Base):
@@ -269,9 +265,6 @@ class Challenge(Base):
     status: Mapped[str] = mapped_column(String(16), default="open")
     verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     reminded_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-
-    #: orders the flush: a new ticket is written before its challenge (see OutboxItem)
-    ticket: Mapped[Ticket | None] = relationship()
 
 
 class Staff(Base):
