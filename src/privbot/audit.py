@@ -42,7 +42,8 @@ def record(session: Session, action: str, *, actor: str = "privbot", ticket_id: 
         if session.get_bind().dialect.name == "postgresql":
             # Keyed by schema too: deployments (and test runs) in other schemas of the same
             # database keep chains of their own and must not queue behind this one.
-            session.execute(text("SELECT pg_advisory_xact_lock(:k, hashtext(current_schema()))"), {"k": _AUDIT_LOCK})
+            with session.no_autoflush:  # taking a lock writes nothing
+                session.execute(text("SELECT pg_advisory_xact_lock(:k, hashtext(current_schema()))"), {"k": _AUDIT_LOCK})
         with session.no_autoflush:  # the tail is in the database: nothing pending changes it
             prev_hash = session.scalar(select(AuditEntry.hash).order_by(AuditEntry.id.desc()).limit(1)) or GENESIS
     else:

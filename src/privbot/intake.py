@@ -250,6 +250,11 @@ def find_thread(session: Session, inbound: Inbound) -> Ticket | None:
     return None
 
 
+def _names_a_ticket(inbound: Inbound) -> bool:
+    """Whether :func:`find_thread` might join this message to a ticket."""
+    return bool(inbound.in_reply_to or inbound.references or parse_ref(inbound.subject) is not None or parse_ref(inbound.text) is not None)
+
+
 def _same_requester(ticket: Ticket, inbound: Inbound) -> bool:
     if inbound.chat_id is not None and ticket.chat_id is not None:
         return inbound.chat_id == ticket.chat_id
@@ -369,6 +374,10 @@ def receive_emails(services: Services, raws: Sequence[bytes], *, sources: Sequen
             # before the commit, which writes it all with one INSERT per table.
             found = session.execute(select(Message.dedupe_key, Message.ticket_id).where(Message.dedupe_key.in_(set(keys))))
             seen: dict[str, int | None] = {k: t for k, t in found}
+            # Messages that will open a ticket (not repeated, not automatic, not naming
+            # one of ours): on PostgreSQL their ids come in one round trip.
+            fresh = [i for i, k in zip(inbounds, keys, strict=True) if k not in seen and not i.auto_reason and not _names_a_ticket(i)]
+            ids.expect(session, "tickets", len({dedupe_key(i) for i in fresh}))
             try:
                 return [_intake(services, session, inbound, key, None, seen) for inbound, key in zip(inbounds, keys, strict=True)]
             finally:

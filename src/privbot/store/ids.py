@@ -12,9 +12,10 @@ Where the ids come from:
 * **SQLite**: ``max(id) + 1`` and counting up — exactly the rowid SQLite would have
   picked.  Safe because every transaction starts with ``BEGIN IMMEDIATE``
   (:mod:`privbot.store.db`): no other writer can insert while this one holds the lock.
-* **PostgreSQL**: the column's own sequence (``nextval``), fetched a few at a time;
-  an id fetched and not used is a gap, as after any rolled-back INSERT.  Tickets take
-  their ids one at a time, so their references stay dense.
+* **PostgreSQL**: the column's own sequence (``nextval``), fetched a few at a time in
+  one round trip; an id fetched and not used is a gap, as after any rolled-back INSERT.
+  Tickets take their ids one at a time, so their references stay dense, except that a
+  group of new requests takes as many as it expects to open (:func:`expect`).
 
 Every new row of these tables gets its id from here (:mod:`privbot.store.bulk` fills in
 any the code did not ask for, just before it writes them), so on SQLite the counter and
@@ -49,6 +50,8 @@ class _Counters:
         self.free: dict[str, list[int]] = {}  # table -> ids fetched and not yet used (PG)
         self.next: dict[str, int] = {}  # table -> next id (SQLite)
         self.block: dict[str, int] = {}
+        self.prefetched = False  # PG: the first blocks of the ordinary tables are fetched
+        self.expected: dict[str, int] = {}  # PG: how many dense ids the first fetch should take
         self.postgresql = False
 
 
@@ -71,13 +74,7 @@ def next_id(session: Session, table: str) -> int:
     if counters.postgresql:
         free = counters.free.setdefault(table, [])
         if not free:
-            size = 1 if table in _DENSE else min(counters.block.get(table, 4) * 2, _MAX_BLOCK)
-            counters.block[table] = size
-            with session.no_autoflush:  # asking for ids must not write what waits for them
-                rows = session.execute(
-                    text("SELECT nextval(pg_get_serial_sequence(:t, 'id')) FROM generate_series(1, :n)"), {"t": table, "n": size}
-                )
-                free.extend(sorted(r[0] for r in rows))
+            _fetch(session, counters, table)
         return free.pop(0)
     if not counters.next:  # the first new row of this transaction: one query for all tables
         with session.no_autoflush:
@@ -86,6 +83,50 @@ def next_id(session: Session, table: str) -> int:
     nxt = counters.next[table]
     counters.next[table] = nxt + 1
     return nxt
+
+
+def _fetch(session: Session, counters: _Counters, table: str) -> None:
+    """PostgreSQL: more ids from the sequences, in one round trip.
+
+    The first time a transaction needs an id of a table that is neither dense nor the
+    audit trail, a block is fetched for each such table at once (a new ticket's message,
+    draft, outbox row and challenge follow at once).  Audit ids are fetched only when
+    asked for, which is under the audit lock (audit.record): the chain's order is the
+    order of its ids, so no transaction may hold audit ids from before it got the lock."""
+    if table == "audit" or counters.prefetched:
+        wanted = {table: 1 if table in _DENSE else min(counters.block.get(table, 4) * 2, _MAX_BLOCK)}
+    else:
+        wanted = {name: _FIRST_BLOCK for name in _TABLES if name not in _DENSE and name != "audit"}
+        for name in _DENSE:
+            wanted[name] = max(counters.expected.pop(name, 0), 1 if name == table else 0)
+        wanted = {name: n for name, n in wanted.items() if n}
+        counters.prefetched = True
+    counters.block.update(wanted)
+    with session.no_autoflush:  # asking for ids must not write what waits for them
+        if len(wanted) == 1:
+            rows = session.execute(_NEXTVAL, {"name": table, "n": wanted[table]})
+        else:
+            rows = session.execute(_NEXTVALS, {"names": list(wanted), "counts": list(wanted.values())})
+        for name, value in sorted(rows, key=lambda r: r[1]):
+            counters.free.setdefault(name, []).append(value)
+
+
+#: one table's sequence, ``n`` values (the sequence is named as PostgreSQL names a
+#: serial column's: ``<table>_id_seq``, in the schema the table is found in)
+_NEXTVAL = text("SELECT CAST(:name AS text), nextval(CAST(CAST(:name AS text) || '_id_seq' AS regclass)) FROM generate_series(1, :n)")
+#: each table's sequence, ``counts[i]`` values for ``names[i]``
+_NEXTVALS = text(
+    "SELECT t.name, nextval(CAST(t.name || '_id_seq' AS regclass)) "
+    "FROM unnest(CAST(:names AS text[]), CAST(:counts AS int[])) AS t(name, n), generate_series(1, t.n)"
+)
+_FIRST_BLOCK = 8
+
+
+def expect(session: Session, table: str, count: int) -> None:
+    """PostgreSQL: this transaction will most likely need ``count`` ids of the dense
+    ``table``, so the first fetch takes them all in the same round trip (a group of new
+    requests).  An id taken and not used is a gap in the references, as after a rollback."""
+    _counters(session).expected[table] = count
 
 
 def assign(session: Session, obj: Any) -> int:
