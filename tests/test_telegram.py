@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from email import message_from_bytes
 from email.policy import default
 from collections.abc import AsyncIterator, Iterator
@@ -243,6 +244,35 @@ async def test_an_approved_reply_arrives_in_the_chat_and_by_mail_with_the_outbox
         item = s.scalars(select(OutboxItem).where(OutboxItem.channel == "telegram", OutboxItem.draft_id == draft.id)).one()
         attempts = s.scalars(select(DeliveryAttempt.ok).where(DeliveryAttempt.outbox_id == item.id).order_by(DeliveryAttempt.id)).all()
     assert item.status == "sent" and attempts == [False, True]
+
+
+async def test_stopped_just_after_an_answer_is_shown_privbot_does_not_show_it_again(
+    tg_settings: Settings, services: Services, api: FakeBotAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from privbot.chat import Conversation
+
+    real = Conversation.mark_replied
+
+    def slow(self: Conversation, update_id: int) -> None:  # the record of "shown" is still being written ...
+        time.sleep(0.3)
+        real(self, update_id)
+
+    monkeypatch.setattr(Conversation, "mark_replied", slow)
+    gina = User(api, 333)
+    first = build_services(tg_settings)
+    bot = TelegramComponent(first)
+    await bot.start()
+    gina.say("Please close my account.")
+    await gina.expect("email address")
+    await bot.stop()  # ... when privbot is stopped
+    second = build_services(tg_settings)
+    bot = TelegramComponent(second)
+    await bot.start()
+    await gina.quiet(1.0)
+    await bot.stop()
+    assert sum("email address" in m.text for m in gina.messages) == 1
+    for svc in (first, second):
+        svc.db.dispose()
 
 
 async def test_privbot_restarted_mid_conversation_loses_nothing_and_doubles_nothing(

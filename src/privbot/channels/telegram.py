@@ -123,6 +123,8 @@ class TelegramBot:
         settings = services.settings
         self.services = services
         self.conversation = Conversation(services)
+        #: the record that the user saw an update's answer, while it is being written
+        self.marking: asyncio.Future[None] | None = None
         self.app = application or (
             Application.builder()
             .token(settings.telegram_token)
@@ -157,7 +159,11 @@ class TelegramBot:
         handled = await asyncio.to_thread(self.conversation.handle, event)
         if not handled.replied and handled.replies:
             await self._show(event.chat_id, handled)
-            await asyncio.to_thread(self.conversation.mark_replied, handled.update_id)
+            # The user has the answer now.  Recording that must finish even when privbot
+            # is being stopped this instant (stop() waits for it): otherwise the restart
+            # would show the same answer a second time.
+            self.marking = asyncio.ensure_future(asyncio.to_thread(self.conversation.mark_replied, handled.update_id))
+            await asyncio.shield(self.marking)
 
     async def _show(self, chat_id: int, handled: Handled) -> None:
         for reply in handled.replies:
@@ -238,6 +244,11 @@ class TelegramComponent:
                 await self._task
             except (asyncio.CancelledError, Exception):
                 pass
+        if self.bot.marking is not None:  # an answer shown just before the stop: record it
+            try:
+                await self.bot.marking
+            except Exception:
+                log.warning("could not record that a Telegram answer was shown; it may be shown again after a restart")
         if self._server is not None:
             self._server.should_exit = True
             await self._serving
