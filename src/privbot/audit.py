@@ -19,6 +19,8 @@ from privbot.store import ids
 from privbot.store.models import AuditEntry
 
 GENESIS = "0" * 64
+_LOCK = text("SELECT pg_advisory_xact_lock(:k, hashtext(current_schema()))")
+_TAIL_HASH = select(AuditEntry.hash).order_by(AuditEntry.id.desc()).limit(1)
 _AUDIT_LOCK = 0x70726976  # "priv"
 
 
@@ -42,10 +44,9 @@ def record(session: Session, action: str, *, actor: str = "privbot", ticket_id: 
         if session.get_bind().dialect.name == "postgresql":
             # Keyed by schema too: deployments (and test runs) in other schemas of the same
             # database keep chains of their own and must not queue behind this one.
-            with session.no_autoflush:  # taking a lock writes nothing
-                session.execute(text("SELECT pg_advisory_xact_lock(:k, hashtext(current_schema()))"), {"k": _AUDIT_LOCK})
-        with session.no_autoflush:  # the tail is in the database: nothing pending changes it
-            prev_hash = session.scalar(select(AuditEntry.hash).order_by(AuditEntry.id.desc()).limit(1)) or GENESIS
+            session.connection().execute(_LOCK, {"k": _AUDIT_LOCK})
+        # On the connection (no autoflush): the tail is in the database, nothing pending changes it.
+        prev_hash = session.connection().execute(_TAIL_HASH).scalar() or GENESIS
     else:
         prev_hash = tail.hash
     entry = AuditEntry(

@@ -311,11 +311,10 @@ def _requesters_first_ticket(session: Session, ticket: Ticket) -> bool:
     if ticket.requester not in group.requesters:
         return False
     if group.alone is None:
-        with session.no_autoflush:
-            others = session.scalars(
-                select(Ticket.requester).where(Ticket.requester.in_(group.requesters), Ticket.id != ticket.id).distinct()
-            )
-            group.alone = group.requesters - set(others)
+        others = session.connection().execute(  # Core, on the connection: no autoflush
+            select(Ticket.requester).where(Ticket.requester.in_(group.requesters), Ticket.id != ticket.id).distinct()
+        ).scalars()
+        group.alone = group.requesters - set(others)
     if ticket.requester in group.alone:
         group.alone.discard(ticket.requester)  # from now on this ticket exists: count for the next
         return True
@@ -372,7 +371,7 @@ def receive_emails(services: Services, raws: Sequence[bytes], *, sources: Sequen
             keys = [dedupe_key(inbound) for inbound in inbounds]
             # One query for the whole group; then nothing the group adds needs flushing
             # before the commit, which writes it all with one INSERT per table.
-            found = session.execute(select(Message.dedupe_key, Message.ticket_id).where(Message.dedupe_key.in_(set(keys))))
+            found = session.connection().execute(select(Message.dedupe_key, Message.ticket_id).where(Message.dedupe_key.in_(set(keys))))
             seen: dict[str, int | None] = {k: t for k, t in found}
             # Messages that will open a ticket (not repeated, not automatic, not naming
             # one of ours): on PostgreSQL their ids come in one round trip.

@@ -77,8 +77,7 @@ def next_id(session: Session, table: str) -> int:
             _fetch(session, counters, table)
         return free.pop(0)
     if not counters.next:  # the first new row of this transaction: one query for all tables
-        with session.no_autoflush:
-            row = session.execute(_MAX_IDS).one()
+        row = session.connection().execute(_MAX_IDS).one()  # Core: no ORM round, no autoflush
         counters.next = {name: (value or 0) + 1 for name, value in zip(_TABLES, row, strict=True)}
     nxt = counters.next[table]
     counters.next[table] = nxt + 1
@@ -102,13 +101,14 @@ def _fetch(session: Session, counters: _Counters, table: str) -> None:
         wanted = {name: n for name, n in wanted.items() if n}
         counters.prefetched = True
     counters.block.update(wanted)
-    with session.no_autoflush:  # asking for ids must not write what waits for them
-        if len(wanted) == 1:
-            rows = session.execute(_NEXTVAL, {"name": table, "n": wanted[table]})
-        else:
-            rows = session.execute(_NEXTVALS, {"names": list(wanted), "counts": list(wanted.values())})
-        for name, value in sorted(rows, key=lambda r: r[1]):
-            counters.free.setdefault(name, []).append(value)
+    # On the connection: asking for ids must not flush (write what waits for them).
+    conn = session.connection()
+    if len(wanted) == 1:
+        rows = conn.execute(_NEXTVAL, {"name": table, "n": wanted[table]})
+    else:
+        rows = conn.execute(_NEXTVALS, {"names": list(wanted), "counts": list(wanted.values())})
+    for name, value in sorted(rows, key=lambda r: r[1]):
+        counters.free.setdefault(name, []).append(value)
 
 
 #: one table's sequence, ``n`` values (the sequence is named as PostgreSQL names a
