@@ -186,10 +186,13 @@ def _open_ticket(
 
     if first:  # nothing automatic can have gone to them yet: the count would be 0
         allowed = 0 < settings.max_auto_replies_per_day
-    else:
+    elif isinstance(session.info.get(_GROUP), _GroupRequesters):
         # The count autoflushes: in a group, answers queued for this requester by the
         # messages before this one are still waiting to be written, and they count.
         allowed = may_auto_reply(session, settings.max_auto_replies_per_day, ticket.requester)
+    else:
+        with session.no_autoflush:  # alone, what is pending (this ticket's rows) cannot change the count
+            allowed = may_auto_reply(session, settings.max_auto_replies_per_day, ticket.requester)
     if not allowed:
         audit.record(session, "auto_reply_suppressed", ticket_id=ticket.id, why="too many automatic answers to this requester today")
         return IntakeResult("opened", ticket.ref, ticket.status_enum, "no acknowledgement: rate limit")
