@@ -125,8 +125,8 @@ def run_privbot(url: str, data_dir: Path, connections: int) -> tuple[float, int,
         tickets = s.scalar(select(func.count(Ticket.id))) or 0
         queued = s.scalar(select(func.count(OutboxItem.id))) or 0
     services.db.dispose()
-    groups = ctl.handler.committer.groups
-    return rate, tickets, queued, sum(groups) / max(len(groups), 1)
+    committer = ctl.handler.committer
+    return rate, tickets, queued, committer.committed / max(committer.commits, 1)
 
 
 def main() -> None:

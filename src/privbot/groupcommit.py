@@ -21,6 +21,7 @@ import asyncio
 import logging
 import queue
 import threading
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from privbot.domain import IntakeResult
@@ -47,8 +48,10 @@ class GroupCommitter:
         self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._running = False
-        #: sizes of the groups committed so far (for the benchmark and the tests)
-        self.groups: list[int] = []
+        #: groups and messages committed so far, and the sizes of the last groups
+        self.commits = 0
+        self.committed = 0
+        self.recent_groups: deque[int] = deque(maxlen=100)
 
     async def submit(self, raw: bytes) -> IntakeResult | None:
         """Put ``raw`` through the pipeline; return once it is committed (or raise)."""
@@ -80,7 +83,9 @@ class GroupCommitter:
             self._commit(group)
 
     def _commit(self, group: list[_Item]) -> None:
-        self.groups.append(len(group))
+        self.commits += 1
+        self.committed += len(group)
+        self.recent_groups.append(len(group))
         outcomes: list[Any]
         try:
             results = receive_emails(self.services, [raw for raw, _, _ in group], sources=[self.source] * len(group)) if len(group) > 1 else None

@@ -76,12 +76,8 @@ def _intake(
         return IntakeResult("duplicate", known.ref if known else None)
     result = _record(services, session, inbound, key, classification)
     if seen is not None:
-        seen[key] = session.info.pop(_LAST_TICKET, None)
+        seen[key] = parse_ref(result.ticket_ref) if result.ticket_ref else None
     return result
-
-
-#: session.info key: the ticket (id) the last recorded message went to
-_LAST_TICKET = "privbot.intake.last_ticket"
 
 
 def _record(services: Services, session: Session, inbound: Inbound, key: str, classification: Classification | None) -> IntakeResult:
@@ -106,7 +102,6 @@ def _record(services: Services, session: Session, inbound: Inbound, key: str, cl
         auto_reason=inbound.auto_reason,
         created_at=received_at,
     )
-    session.info[_LAST_TICKET] = message.ticket_id
 
     if inbound.auto_reason:
         message.kind = "auto_reply"
@@ -162,9 +157,9 @@ def _open_ticket(
         updated_at=now,
     )
     # The ticket's id is needed at once, for its reference and the audit trail; it is
-    # handed out without a flush (store.ids), and the commit's one flush writes the
-    # ticket before the message (the mappers' dependency orders them).
-    message.ticket_id = session.info[_LAST_TICKET] = ids.assign(session, ticket)
+    # handed out without a flush (store.ids), and the flush writes the ticket before the
+    # message (store.bulk writes tables in foreign-key order).
+    message.ticket_id = ids.assign(session, ticket)
     session.add(ticket)
     session.add(message)
     audit.record(
@@ -378,8 +373,8 @@ def receive_emails(services: Services, raws: Sequence[bytes], *, sources: Sequen
             seen: dict[str, int | None] = {k: t for k, t in found}
             # Messages that will open a ticket (not repeated, not automatic, not naming
             # one of ours): on PostgreSQL their ids come in one round trip.
-            fresh = [i for i, k in zip(inbounds, keys, strict=True) if k not in seen and not i.auto_reason and not _names_a_ticket(i)]
-            ids.expect(session, "tickets", len({dedupe_key(i) for i in fresh}))
+            fresh = {k for i, k in zip(inbounds, keys, strict=True) if k not in seen and not i.auto_reason and not _names_a_ticket(i)}
+            ids.expect(session, "tickets", len(fresh))
             try:
                 return [_intake(services, session, inbound, key, None, seen) for inbound, key in zip(inbounds, keys, strict=True)]
             finally:

@@ -48,10 +48,6 @@ class Database:
         self.engine: Engine = create_engine(url, **kwargs)
         if self.dialect == "sqlite":
             _sqlite_pragmas(self.engine)
-        else:
-            # One INSERT with many VALUES rows for the intake's bulk writes (store.bulk),
-            # instead of psycopg sending a statement per row.
-            self.engine.dialect.use_insertmanyvalues_wo_returning = True  # type: ignore[attr-defined]
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def session(self) -> Session:
