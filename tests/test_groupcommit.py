@@ -136,3 +136,38 @@ def test_a_group_that_cannot_reach_the_database_tells_every_sender_to_retry(
     assert {answers[f"user{i}@example.org"] for i in range(1, N)} == {451}
     with services.db.transaction() as s:
         assert s.scalar(select(func.count(Ticket.id))) == 1
+
+
+def test_a_commit_waits_a_moment_for_a_message_another_session_is_still_sending(
+    services: Services, smtp_ctl: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(groupcommit, "LINGER_SECONDS", 5.0)  # long enough to see, bounded all the same
+    monkeypatch.setattr(groupcommit, "EXPECT_SECONDS", 10.0)
+    answers: dict[str, Any] = {}
+    with smtplib.SMTP("127.0.0.1", smtp_ctl.port, timeout=30) as slow:
+        slow.ehlo()
+        slow.mail("user0@example.org")  # a message is on its way over this connection ...
+        slow.rcpt("privacy@example.com")
+        quick = threading.Thread(target=_deliver, args=(smtp_ctl.port, _mail(1), "user1@example.org", answers))
+        quick.start()
+        time.sleep(0.3)
+        assert answers == {}  # ... so the other one waits to share its commit
+        code, _ = slow.data(_mail(0))
+        quick.join(30)
+    assert code == 250 and answers == {"user1@example.org": 250}
+    assert list(smtp_ctl.handler.committer.recent_groups) == [2]
+
+
+def test_a_session_that_gave_up_is_not_waited_for(services: Services, smtp_ctl: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(groupcommit, "LINGER_SECONDS", 5.0)
+    monkeypatch.setattr(groupcommit, "EXPECT_SECONDS", 10.0)  # only the RSET can end the wait
+    answers: dict[str, Any] = {}
+    with smtplib.SMTP("127.0.0.1", smtp_ctl.port, timeout=30) as gave_up:
+        gave_up.ehlo()
+        gave_up.mail("user0@example.org")
+        gave_up.rset()  # the transaction is over: nothing will come
+        started = time.monotonic()
+        _deliver(smtp_ctl.port, _mail(1), "user1@example.org", answers)
+        assert time.monotonic() - started < 2.5
+    assert answers == {"user1@example.org": 250}
+    assert list(smtp_ctl.handler.committer.recent_groups) == [1]

@@ -26,12 +26,27 @@ log = logging.getLogger(__name__)
 
 
 class PrivacyHandler:
-    """Only the two hooks it needs: RCPT (who may be written to) and DATA."""
+    """RCPT (who may be written to) and DATA; MAIL, RSET and QUIT only tell the group
+    committer which sessions are in the middle of sending a message."""
 
     def __init__(self, services: Services) -> None:
         self.services = services
         self.address = normalise_address(services.settings.privacy_address)
         self.committer = GroupCommitter(services, source="smtp")
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]) -> str:
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        self.committer.expect(session)  # a message is on its way: a commit may wait for it
+        return "250 OK"
+
+    async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.committer.forget(session)
+        return "250 OK"
+
+    async def handle_QUIT(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.committer.forget(session)
+        return "221 Bye"
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]) -> str:
         if normalise_address(address) != self.address:
@@ -49,7 +64,7 @@ class PrivacyHandler:
         raw = f"Return-Path: <{mail_from}>\r\n".encode() + raw
         try:
             # The pipeline is blocking database work: it runs on the committer's thread.
-            await self.committer.submit(raw)
+            await self.committer.submit(raw, session)
         except Exception as exc:
             log.warning("SMTP intake deferred a message: %s: %s", type(exc).__name__, str(exc)[:200])
             return "451 4.3.0 Temporary failure, please try again later"
