@@ -9,6 +9,7 @@ from email.message import EmailMessage
 from email.policy import default
 from email.utils import make_msgid
 from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -61,3 +62,16 @@ def reply_to(original: EmailMessage, body: str, *, sender: str = "alice@example.
     msg["In-Reply-To"] = original["Message-ID"]
     msg["References"] = original["Message-ID"]
     return msg
+
+
+def break_classifier_on(services: Any, monkeypatch: Any, word: str = "explode") -> None:
+    """Make the classifier fail on any text containing ``word`` (a pipeline fault that
+    one message triggers and the others do not)."""
+    real = services.classifier.classify
+
+    def classify(text: str, subject: str = "", channel: str = "email") -> object:
+        if word in text:
+            raise RuntimeError("the classifier broke on this one")
+        return real(text, subject, channel)
+
+    monkeypatch.setattr(services.classifier, "classify", classify)

@@ -28,7 +28,7 @@ from privbot.store.db import Database, DatabaseUnavailable
 from privbot.store.models import Message, OutboxItem, Shunted, Ticket
 from tests.conftest import make_settings
 from tests.dovecot import POOR_HOST, Account, Dovecot
-from tests.support import make_mail
+from tests.support import break_classifier_on, make_mail
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -460,14 +460,7 @@ def test_a_message_that_breaks_the_pipeline_inside_a_backlog_is_shunted_alone_an
     """A backlog goes in groups, one transaction each; a group that fails is retried one
     message at a time, so only the bad message ends in Failed and nothing is doubled."""
     configure(services.settings, imap_account)
-    real = services.classifier.classify
-
-    def classify(text: str, subject: str = "", channel: str = "email") -> object:
-        if "explode" in text:
-            raise RuntimeError("the classifier broke on this one")
-        return real(text, subject, channel)
-
-    monkeypatch.setattr(services.classifier, "classify", classify)
+    break_classifier_on(services, monkeypatch)
     bad = make_mail("Please explode my account.", sender="bad@example.org", subject="Request bad")
     imap_account.deliver_many([request(i) for i in range(1, 4)] + [bytes(bad)] + [request(i) for i in range(4, 7)])
     with watching(services) as watcher:

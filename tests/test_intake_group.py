@@ -11,7 +11,7 @@ from privbot import audit
 from privbot.app import Services
 from privbot.intake import GROUP_MAX, receive_email, receive_emails
 from privbot.store.models import Message, OutboxItem, Shunted, Ticket
-from tests.support import make_mail
+from tests.support import break_classifier_on, make_mail
 
 REQUESTS = [
     "Please delete all the personal information you hold about me.",
@@ -58,14 +58,7 @@ def test_a_delivery_repeated_inside_one_group_opens_one_ticket(services: Service
 def test_a_group_with_a_failing_message_commits_nothing_and_each_message_then_goes_alone(
     services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = services.classifier.classify
-
-    def classify(text: str, subject: str = "", channel: str = "email") -> object:
-        if "explode" in text:
-            raise RuntimeError("the classifier broke on this one")
-        return real(text, subject, channel)
-
-    monkeypatch.setattr(services.classifier, "classify", classify)
+    break_classifier_on(services, monkeypatch)
     group = [raw(0), raw(1, "Please explode my account."), raw(3)]
     assert receive_emails(services, group, sources=["imap:INBOX/1", "imap:INBOX/2", "imap:INBOX/3"]) is None
     assert counts(services) == (0, 0, 0)  # the first message was not committed either
