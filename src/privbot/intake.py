@@ -230,15 +230,13 @@ def find_thread(session: Session, inbound: Inbound) -> Ticket | None:
     quoting someone else's reference starts a ticket of their own instead: nobody can
     add to, or verify, another person's request.
     """
-    candidates: list[int] = []
-    for text in (inbound.subject, inbound.text):
-        ref = parse_ref(text)
-        if ref is not None:
-            candidates.append(ref)
-    ids = [i for i in (inbound.in_reply_to, *inbound.references) if i]
-    if ids:  # no In-Reply-To / References (most first requests): no query at all
+    candidates = _named_refs(inbound)
+    message_ids = [i for i in (inbound.in_reply_to, *inbound.references) if i]
+    if message_ids:  # no In-Reply-To / References (most first requests): no query at all
         rows = session.scalars(
-            select(Message.ticket_id).where(Message.direction == "out", Message.message_id.in_(ids[-20:]), Message.ticket_id.is_not(None))
+            select(Message.ticket_id).where(
+                Message.direction == "out", Message.message_id.in_(message_ids[-20:]), Message.ticket_id.is_not(None)
+            )
         )
         candidates.extend(t for t in rows if t is not None)
     for ticket_id in candidates:
@@ -248,9 +246,14 @@ def find_thread(session: Session, inbound: Inbound) -> Ticket | None:
     return None
 
 
+def _named_refs(inbound: Inbound) -> list[int]:
+    """The ticket ids a reference in the subject, then the text, names."""
+    return [ref for ref in (parse_ref(inbound.subject), parse_ref(inbound.text)) if ref is not None]
+
+
 def _names_a_ticket(inbound: Inbound) -> bool:
     """Whether :func:`find_thread` might join this message to a ticket."""
-    return bool(inbound.in_reply_to or inbound.references or parse_ref(inbound.subject) is not None or parse_ref(inbound.text) is not None)
+    return bool(inbound.in_reply_to or inbound.references or _named_refs(inbound))
 
 
 def _same_requester(ticket: Ticket, inbound: Inbound) -> bool:

@@ -5,7 +5,7 @@ of its acknowledgement, and the audit trail names the rows it is about, so the i
 used to flush the session after each new row just to learn its id — three or four
 flushes and a dozen round trips per message, most of the pipeline's cost.  With the id
 known at once, everything a message causes is written by the single flush at commit,
-where the ORM batches each table's rows into one statement.
+one statement per table (:mod:`privbot.store.bulk`).
 
 Where the ids come from:
 
@@ -34,7 +34,7 @@ from privbot.store.models import AuditEntry, Base, Challenge, Draft, Message, Ou
 
 #: the tables whose ids are handed out here (the rows one intake writes)
 ALLOCATED: tuple[type[Base], ...] = (Ticket, Message, Draft, OutboxItem, AuditEntry, Challenge)
-_TABLES = {cls.__table__.name: cls for cls in ALLOCATED}  # type: ignore[attr-defined]
+_TABLES: tuple[str, ...] = tuple(cls.__table__.name for cls in ALLOCATED)  # type: ignore[attr-defined]
 _KEY = "privbot.ids"
 _MAX_IDS = select(*(select(func.max(cls.id)).scalar_subquery() for cls in ALLOCATED))  # type: ignore[attr-defined]
 #: PostgreSQL: ids fetched per round trip, growing to this many as a transaction uses more
