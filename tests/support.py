@@ -67,11 +67,15 @@ def reply_to(original: EmailMessage, body: str, *, sender: str = "alice@example.
 def break_classifier_on(services: Any, monkeypatch: Any, word: str = "explode") -> None:
     """Make the classifier fail on any text containing ``word`` (a pipeline fault that
     one message triggers and the others do not)."""
-    real = services.classifier.classify
+    real_many = services.classifier.classify_many
+
+    def classify_many(items: list[tuple[str, str, str]]) -> list[object]:
+        if any(word in text for text, _subject, _channel in items):
+            raise RuntimeError("the classifier broke on this one")
+        return list(real_many(items))
 
     def classify(text: str, subject: str = "", channel: str = "email") -> object:
-        if word in text:
-            raise RuntimeError("the classifier broke on this one")
-        return real(text, subject, channel)
+        return classify_many([(text, subject, channel)])[0]
 
     monkeypatch.setattr(services.classifier, "classify", classify)
+    monkeypatch.setattr(services.classifier, "classify_many", classify_many)

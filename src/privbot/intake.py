@@ -366,7 +366,15 @@ def receive_emails(services: Services, raws: Sequence[bytes], *, sources: Sequen
         ]
     except UnparseableMessage:
         return None
+    # Classified before the transaction, all in one call (a scoring call's fixed cost is
+    # then paid once per group, and the write lock is not held meanwhile): every message
+    # that may open a ticket — a repeated delivery's answer is simply not used.
+    may_open = [i for i, inbound in enumerate(inbounds) if not inbound.auto_reason and not _names_a_ticket(inbound)]
+    classifications: list[Classification | None] = [None] * len(inbounds)
     try:
+        classified = services.classifier.classify_many([(inbounds[i].text, inbounds[i].subject, str(inbounds[i].channel)) for i in may_open])
+        for i, c in zip(may_open, classified, strict=True):
+            classifications[i] = c
         with services.db.transaction() as session:
             session.info[_GROUP] = _GroupRequesters(session.get_transaction(), {inbound.sender[:320] for inbound in inbounds})
             keys = [dedupe_key(inbound) for inbound in inbounds]
@@ -379,7 +387,7 @@ def receive_emails(services: Services, raws: Sequence[bytes], *, sources: Sequen
             fresh = {k for i, k in zip(inbounds, keys, strict=True) if k not in seen and not i.auto_reason and not _names_a_ticket(i)}
             ids.expect(session, "tickets", len(fresh))
             try:
-                return [_intake(services, session, inbound, key, None, seen) for inbound, key in zip(inbounds, keys, strict=True)]
+                return [_intake(services, session, inbound, key, c, seen) for inbound, key, c in zip(inbounds, keys, classifications, strict=True)]
             finally:
                 session.info.pop(_GROUP, None)
     except DatabaseUnavailable:

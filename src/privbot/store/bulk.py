@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm import Session
 from sqlalchemy.orm.base import instance_state
 
 from privbot.store import ids
@@ -132,15 +132,11 @@ def write_new(session: Session) -> int:
                 values = [proc(row[k]) if proc is not None else row[k] for k, proc in zip(keys, procs, strict=True)]
                 params.append(tuple(values) if positional else dict(zip(keys, values, strict=True)))
             conn.exec_driver_sql(sql, params if len(params) > 1 else params[0])
-    # Back into the session as rows that exist: first all out (so that re-adding one
-    # cannot cascade to another still pending), then all in.
-    for obj in new:
-        session.expunge(obj)
-    for obj in new:
-        make_transient_to_detached(obj)
-    for obj in new:
-        if instance_state(obj).session_id is None:
-            session.add(obj)
+    # Now rows that exist: the same bookkeeping the unit of work does after its own
+    # INSERTs (identity keys, committed attribute state, noted in the transaction so a
+    # rollback makes them transient again) — without re-adding each object, whose
+    # cascades cost more than the INSERTs.
+    session._register_persistent({instance_state(obj) for obj in new})
     return len(new)
 
 
