@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import select, update
+from sqlalchemy import create_engine, func, select, text, update
 
 from privbot import audit, clock, outbox
 from privbot.app import Services
 from privbot.store.models import AuditEntry, Base, DeliveryAttempt, OutboxItem
+from tests.conftest import PG_BASE
 
 
 def test_migrations_create_exactly_the_models(services: Services) -> None:
@@ -155,3 +157,25 @@ def test_ids_handed_out_in_one_transaction_never_collide_with_the_next(services:
     assert len(set(seen)) == 9 and seen == sorted(seen)
     with services.db.transaction() as s:
         assert sorted(s.scalars(select(Ticket.id))) == seen
+
+
+def test_a_pooled_connection_the_server_dropped_while_idle_is_replaced_before_use(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The database restarted (or an administrator ended the session) while privbot was
+    quiet: the next transaction gets a fresh connection instead of failing."""
+    from privbot.store import db as dbmod
+
+    monkeypatch.setattr(dbmod, "IDLE_PING_SECONDS", 0.0)
+    database = dbmod.open_database(pg_url)
+    try:
+        with database.transaction() as session:
+            pid = session.scalar(text("SELECT pg_backend_pid()"))
+        admin = create_engine(PG_BASE, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            assert conn.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        admin.dispose()
+        time.sleep(0.05)
+        with database.transaction() as session:
+            assert session.scalar(text("SELECT pg_backend_pid()")) != pid
+            assert session.scalar(select(func.count(AuditEntry.id))) == 0
+    finally:
+        database.dispose()
