@@ -39,16 +39,9 @@ def record(session: Session, action: str, *, actor: str = "privbot", ticket_id: 
     transaction the tail is remembered after the first append (see :func:`_cached_tail`),
     so later appends skip both the lock, already held until commit, and the SELECT of
     the tail."""
-    tail = _cached_tail(session)
-    if tail is None:
-        if session.get_bind().dialect.name == "postgresql":
-            # Keyed by schema too: deployments (and test runs) in other schemas of the same
-            # database keep chains of their own and must not queue behind this one.
-            session.connection().execute(_LOCK, {"k": _AUDIT_LOCK})
-        # On the connection (no autoflush): the tail is in the database, nothing pending changes it.
-        prev_hash = session.connection().execute(_TAIL_HASH).scalar() or GENESIS
-    else:
-        prev_hash = tail.hash
+    prev_hash = _cached_tail(session)
+    if prev_hash is None:
+        prev_hash = _take_chain(session)
     entry = AuditEntry(
         ticket_id=ticket_id,
         at=clock.now(),
@@ -60,28 +53,52 @@ def record(session: Session, action: str, *, actor: str = "privbot", ticket_id: 
     entry.hash = hashlib.sha256(entry.canonical().encode()).hexdigest()
     entry.id = ids.next_id(session, "audit")
     session.add(entry)
-    session.info[_TAIL] = (session.get_transaction(), entry)
+    session.info[_TAIL] = (session.get_transaction(), entry.hash, entry)
     return entry
+
+
+def hold(session: Session, expected_entries: int = 0) -> None:
+    """Take the chain for the rest of this transaction now, before anything else.
+
+    For a transaction that will certainly append (a group of incoming messages): the
+    lock and the tail are taken first, and on PostgreSQL the ids of the
+    ``expected_entries`` it will most likely append are fetched with the other tables'
+    ids in one round trip instead of in two more once the entries are written
+    (:func:`privbot.store.ids.expect`; ids must come after the lock, see :func:`record`)."""
+    if _cached_tail(session) is None:
+        session.info[_TAIL] = (session.get_transaction(), _take_chain(session), None)
+    if expected_entries:
+        ids.expect(session, "audit", expected_entries)
+
+
+def _take_chain(session: Session) -> str:
+    """Lock the chain (PostgreSQL) and return the hash of its last entry."""
+    if session.get_bind().dialect.name == "postgresql":
+        # Keyed by schema too: deployments (and test runs) in other schemas of the same
+        # database keep chains of their own and must not queue behind this one.
+        session.connection().execute(_LOCK, {"k": _AUDIT_LOCK})
+    # On the connection (no autoflush): the tail is in the database, nothing pending changes it.
+    return session.connection().execute(_TAIL_HASH).scalar() or GENESIS
 
 
 _TAIL = "privbot.audit.tail"
 
 
-def _cached_tail(session: Session) -> AuditEntry | None:
-    """The entry this transaction appended last, if it is still this transaction's.
+def _cached_tail(session: Session) -> str | None:
+    """The hash this transaction's next entry links to, if the transaction holds the chain.
 
     Valid only inside the same root transaction (a session reused for a second
     transaction asks the database again: another process may have appended in between),
-    and only while the entry is still in the session (a rolled-back savepoint expunges
-    what it added, so a discarded entry is never linked to)."""
+    and only while the entry it appended last is still in the session (a rolled-back
+    savepoint expunges what it added, so a discarded entry is never linked to)."""
     cached = session.info.get(_TAIL)
     if cached is None:
         return None
-    tx, entry = cached
-    if tx is not session.get_transaction() or tx is None or not tx.is_active or entry not in session:
+    tx, tail_hash, entry = cached
+    if tx is not session.get_transaction() or tx is None or not tx.is_active or (entry is not None and entry not in session):
         session.info.pop(_TAIL, None)
         return None
-    return entry
+    return str(tail_hash)
 
 
 @dataclass(frozen=True)

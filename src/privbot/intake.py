@@ -19,9 +19,9 @@ import hashlib
 import logging
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Integer, cast, func, literal_column, null, select, union_all
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -291,10 +291,19 @@ class _GroupRequesters:
 
     Asked once per group (one query) instead of a rate-limit count per message."""
 
-    def __init__(self, transaction: object, requesters: set[str]) -> None:
+    def __init__(self, transaction: object, requesters: set[str], alone: set[str]) -> None:
         self.transaction = transaction
         self.requesters = requesters
-        self.alone: set[str] | None = None  # worked out on the first ticket opened
+        self.alone = alone  # who had no ticket before this group (asked at its start)
+
+
+def _group_lookup(keys: set[str], requesters: set[str]) -> Any:
+    """One query for a group: ``("k", dedupe key, ticket id)`` for each delivery already
+    recorded, ``("r", requester, None)`` for each requester who has a ticket."""
+    return union_all(
+        select(literal_column("'k'"), Message.dedupe_key, Message.ticket_id).where(Message.dedupe_key.in_(keys)),
+        select(literal_column("'r'"), Ticket.requester, cast(null(), Integer)).where(Ticket.requester.in_(requesters)).distinct(),
+    )
 
 
 def _requesters_first_ticket(session: Session, ticket: Ticket) -> bool:
@@ -311,11 +320,6 @@ def _requesters_first_ticket(session: Session, ticket: Ticket) -> bool:
         return False
     if ticket.requester not in group.requesters:
         return False
-    if group.alone is None:
-        others = session.connection().execute(  # Core, on the connection: no autoflush
-            select(Ticket.requester).where(Ticket.requester.in_(group.requesters), Ticket.id != ticket.id).distinct()
-        ).scalars()
-        group.alone = group.requesters - set(others)
     if ticket.requester in group.alone:
         group.alone.discard(ticket.requester)  # from now on this ticket exists: count for the next
         return True
@@ -338,6 +342,9 @@ def trusted_authserv_ids(settings: Settings, source: str) -> tuple[str, ...] | N
 #: most messages one :func:`receive_emails` transaction takes: it holds the write lock
 #: (SQLite) or the audit lock (PostgreSQL) that other intake waits behind meanwhile
 GROUP_MAX = 25
+#: audit entries a new request usually causes (opened, challenge, draft, queued): a
+#: group fetches that many ids at once (PostgreSQL); more are fetched if needed
+_AUDIT_PER_NEW = 4
 
 
 def receive_emails(services: Services, raws: Sequence[bytes], *, sources: Sequence[str]) -> list[IntakeResult] | None:
@@ -376,12 +383,23 @@ def receive_emails(services: Services, raws: Sequence[bytes], *, sources: Sequen
         for i, c in zip(may_open, classified, strict=True):
             classifications[i] = c
         with services.db.transaction() as session:
-            session.info[_GROUP] = _GroupRequesters(session.get_transaction(), {inbound.sender[:320] for inbound in inbounds})
+            # Every message of a group is recorded in the audit trail: the chain is taken
+            # first (on PostgreSQL its lock then also keeps other processes' tickets out
+            # of what the query below finds, until the commit).
             keys = [dedupe_key(inbound) for inbound in inbounds]
-            # One query for the whole group; then nothing the group adds needs flushing
-            # before the commit, which writes it all with one INSERT per table.
-            found = session.connection().execute(select(Message.dedupe_key, Message.ticket_id).where(Message.dedupe_key.in_(set(keys))))
-            seen: dict[str, int | None] = {k: t for k, t in found}
+            requesters = {inbound.sender[:320] for inbound in inbounds}
+            audit.hold(session, expected_entries=_AUDIT_PER_NEW * len(may_open) + len(inbounds) - len(may_open))
+            # One query for the whole group — which deliveries were recorded before, which
+            # requesters have tickets; then nothing the group adds needs flushing before
+            # the commit, which writes it all with one INSERT per table.
+            seen: dict[str, int | None] = {}
+            known_requesters: set[str] = set()
+            for kind, value, ticket_id in session.connection().execute(_group_lookup(set(keys), requesters)):
+                if kind == "k":
+                    seen[value] = ticket_id
+                else:
+                    known_requesters.add(value)
+            session.info[_GROUP] = _GroupRequesters(session.get_transaction(), requesters, requesters - known_requesters)
             # Messages that will open a ticket (not repeated, not automatic, not naming
             # one of ours): on PostgreSQL their ids come in one round trip.
             fresh = {k for i, k in zip(inbounds, keys, strict=True) if k not in seen and not i.auto_reason and not _names_a_ticket(i)}

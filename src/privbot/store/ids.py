@@ -91,12 +91,17 @@ def _fetch(session: Session, counters: _Counters, table: str) -> None:
     audit trail, a block is fetched for each such table at once (a new ticket's message,
     draft, outbox row and challenge follow at once).  Audit ids are fetched only when
     asked for, which is under the audit lock (audit.record): the chain's order is the
-    order of its ids, so no transaction may hold audit ids from before it got the lock."""
-    if table == "audit" or counters.prefetched:
-        wanted = {table: 1 if table in _DENSE else min(counters.block.get(table, 4) * 2, _MAX_BLOCK)}
+    order of its ids, so no transaction may hold audit ids from before it got the lock
+    (:func:`privbot.audit.hold` expects them once it holds it: then they come with the first
+    block)."""
+    if table == "audit" and "audit" not in counters.expected or counters.prefetched:
+        usual = 1 if table in _DENSE else min(counters.block.get(table, 4) * 2, _MAX_BLOCK)
+        wanted = {table: max(counters.expected.pop(table, 0), usual)}
     else:
         wanted = {name: _FIRST_BLOCK for name in _TABLES if name not in _DENSE and name != "audit"}
-        for name in _DENSE:
+        # Tickets as many as expected; audit ids only when expected, which audit.hold()
+        # does under the lock.
+        for name in (*_DENSE, "audit"):
             wanted[name] = max(counters.expected.pop(name, 0), 1 if name == table else 0)
         wanted = {name: n for name, n in wanted.items() if n}
         counters.prefetched = True
@@ -123,9 +128,10 @@ _FIRST_BLOCK = 8
 
 
 def expect(session: Session, table: str, count: int) -> None:
-    """PostgreSQL: this transaction will most likely need ``count`` ids of the dense
-    ``table``, so the first fetch takes them all in the same round trip (a group of new
-    requests).  An id taken and not used is a gap in the references, as after a rollback."""
+    """PostgreSQL: this transaction will most likely need ``count`` ids of ``table``, so
+    the next fetch takes them all in the same round trip (a group of new requests).  An
+    id taken and not used is a gap, as after a rollback: in the references, for tickets.
+    Audit ids may be expected only by a transaction that holds the audit lock."""
     _counters(session).expected[table] = count
 
 
