@@ -117,8 +117,9 @@ def test_rows_written_in_bulk_read_back_with_their_defaults_and_stay_tracked(ser
 
     now = clock.now()
     with services.db.transaction() as s:
-        ticket = Ticket(intent="access", status="received", channel="email", requester="ann@example.org",
-                        received_at=now, due_at=now + timedelta(days=30), updated_at=now)
+        # new_row: the intake's fast constructor (columns straight into place)
+        ticket = Ticket.new_row(intent="access", status="received", channel="email", requester="ann@example.org",
+                                received_at=now, due_at=now + timedelta(days=30), updated_at=now)
         s.add(ticket)
         tid = ids.assign(s, ticket)  # known before anything is written: the reference goes into the subject
         draft = Draft(ticket_id=tid, kind="answer", intent="access", language="en", subject=f"[{ticket.ref}] x",
@@ -126,15 +127,19 @@ def test_rows_written_in_bulk_read_back_with_their_defaults_and_stay_tracked(ser
         # a child attached only through the relationship gets its key as the ORM would give it
         message = Message(ticket=ticket, direction="in", kind="request", channel="email", dedupe_key="k1",
                           sender="ann@example.org", subject="s", body="b", new_text="b", created_at=now)
-        challenge = Challenge(ticket_id=tid, address="ann@example.org", code_hash="h", created_at=now, expires_at=now)
+        challenge = Challenge.new_row(ticket_id=tid, address="ann@example.org", code_hash="h", created_at=now, expires_at=now)
         s.add_all([draft, message, challenge])
         s.flush()
         draft.status = "approved"  # after the bulk INSERT: an ordinary UPDATE
+        ticket.requester_name = "Ann"  # (made by new_row: tracked all the same)
         audit.record(s, "test", ticket_id=tid)
+        with pytest.raises(TypeError, match="requestor"):  # a misspelt column is an error, not a stray attribute
+            Ticket.new_row(requestor="ann@example.org")
     with services.db.transaction() as s:
         t = s.get(Ticket, tid)
         assert t is not None and t.ref == f"PRIV-{tid:06d}"
         assert (t.extended, t.verified, t.paused_seconds, t.intents, t.language) == (False, False, 0, [], "en")
+        assert t.requester_name == "Ann"
         assert s.scalar(select(Draft.status).where(Draft.ticket_id == tid)) == "approved"
         assert s.scalar(select(Message.ticket_id).where(Message.dedupe_key == "k1")) == tid
         assert s.scalar(select(Challenge.attempts).where(Challenge.ticket_id == tid)) == 0

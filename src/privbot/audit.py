@@ -42,7 +42,7 @@ def record(session: Session, action: str, *, actor: str = "privbot", ticket_id: 
     prev_hash = _cached_tail(session)
     if prev_hash is None:
         prev_hash = _take_chain(session)
-    entry = AuditEntry(
+    entry = AuditEntry.new_row(
         ticket_id=ticket_id,
         at=clock.now(),
         actor=actor,

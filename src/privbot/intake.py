@@ -85,7 +85,7 @@ def _record(services: Services, session: Session, inbound: Inbound, key: str, cl
     received_at = inbound.received_at or now
     ticket = find_thread(session, inbound)
 
-    message = Message(
+    message = Message.new_row(
         ticket_id=ticket.id if ticket else None,
         direction="in",
         kind="request",
@@ -140,7 +140,7 @@ def _open_ticket(
     # confidence between them; that it is a privacy request is then not in doubt.
     asked = [i for i in c.intents if i != Intent.OTHER]
     unsure = is_privacy and c.confidence < settings.clarify_below and len(asked) < 2
-    ticket = Ticket(
+    ticket = Ticket.new_row(
         intent=str(c.intent),
         intents=[str(i) for i in c.intents],
         confidence=c.confidence,

@@ -123,7 +123,7 @@ def create_draft(
     **context: Any,
 ) -> Draft:
     rendered = renderer.render(template or kind, ticket.language, **base_context(settings, ticket), **context)
-    draft = Draft(
+    draft = Draft.new_row(
         ticket_id=ticket.id,
         kind=kind,
         intent=ticket.intent,
@@ -179,7 +179,7 @@ def enqueue(
         answering = last_inbound(session, ticket)
     if ticket.chat_id is not None:
         items.append(
-            OutboxItem(
+            OutboxItem.new_row(
                 ticket_id=ticket.id,
                 draft_id=ids.assign(session, draft),
                 channel=Channel.TELEGRAM,
@@ -206,7 +206,7 @@ def enqueue(
             references=refs,
         )
         items.append(
-            OutboxItem(
+            OutboxItem.new_row(
                 ticket_id=ticket.id,
                 draft_id=ids.assign(session, draft),
                 channel=Channel.EMAIL,
@@ -219,7 +219,7 @@ def enqueue(
             )
         )
         session.add(
-            Message(
+            Message.new_row(
                 ticket_id=ticket.id,
                 direction="out",
                 kind=draft.kind,
@@ -236,7 +236,7 @@ def enqueue(
         )
     elif ticket.chat_id is not None:
         session.add(
-            Message(
+            Message.new_row(
                 ticket_id=ticket.id,
                 direction="out",
                 kind=draft.kind,

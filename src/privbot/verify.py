@@ -246,7 +246,7 @@ def issue_challenge(
             .execution_options(synchronize_session="fetch")
         )
     code = new_code()
-    challenge = Challenge(
+    challenge = Challenge.new_row(
         ticket_id=ticket_id,
         address=address[:320],
         code_hash=hash_code(settings, code),
@@ -526,7 +526,7 @@ def notify_staff(services: Services, session: Session, ticket: Ticket, template:
     now = clock.now()
     message_id = new_message_id(settings.privacy_address)
     subject = replies.with_ref(rendered.subject, ticket.ref)
-    item = OutboxItem(
+    item = OutboxItem.new_row(
         ticket_id=ticket.id,
         channel="email",
         recipient=settings.staff_address,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Self
 
 from sqlalchemy import (
     JSON,
@@ -53,6 +53,29 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 class Base(DeclarativeBase):
     type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON, list[str]: JSON}
+
+    @classmethod
+    def new_row(cls, **values: Any) -> Self:
+        """A new object with its column values put straight into place.
+
+        For the rows the intake writes several of per message (:mod:`privbot.store.bulk`
+        writes them): the declarative constructor's bookkeeping per attribute — history,
+        events — cost more than the INSERT, and a new row has no history to keep.  Only
+        columns may be given (a relationship set this way would not reach its other side);
+        the object is then added to a session like any other, and later changes to it
+        are tracked as usual."""
+        columns = _COLUMNS.get(cls)
+        if columns is None:
+            columns = _COLUMNS[cls] = frozenset(prop.key for prop in cls.__mapper__.column_attrs)
+        unknown = values.keys() - columns
+        if unknown:
+            raise TypeError(f"{cls.__name__} has no column {sorted(unknown)[0]!r}")
+        obj = cls.__mapper__.class_manager.new_instance()
+        obj.__dict__.update(values)
+        return obj
+
+
+_COLUMNS: dict[type, frozenset[str]] = {}
 
 
 class Ticket(Base):
