@@ -4,6 +4,8 @@ whole commits nothing, so the channel can take its messages one at a time."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from sqlalchemy import event, func, select
 
@@ -101,3 +103,34 @@ def test_the_daily_answer_limit_holds_inside_a_group_and_across_groups(services:
     later = burst("late@example.org", 300, cap + 2)
     assert receive_emails(services, later, sources=["imap"] * len(later)) is not None
     assert acknowledged("late@example.org") == cap
+
+
+def test_a_delivery_another_node_records_first_is_answered_as_a_duplicate(pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two privbot nodes on one PostgreSQL take the same delivery at the same moment:
+    the one that commits second finds its INSERT refused (written in one pipelined round
+    trip, store.bulk) and reports a duplicate — one ticket, one acknowledgement."""
+    from privbot import intake as intake_mod
+    from privbot.app import build_services
+    from tests.conftest import make_settings
+
+    ours = build_services(make_settings(tmp_path / "a", pg_url))
+    theirs = build_services(make_settings(tmp_path / "b", pg_url), migrate=False)
+    real_record = intake_mod._record
+    theirs_result = []
+
+    def record_after_the_other_node(services: Services, *args: object, **kwargs: object) -> object:
+        if services is ours and not theirs_result:
+            # Our duplicate check has run and found nothing; the other node now commits
+            # the same delivery before we write ours.
+            theirs_result.append(receive_email(theirs, raw(0)))
+        return real_record(services, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(intake_mod, "_record", record_after_the_other_node)
+    try:
+        result = receive_email(ours, raw(0))
+        assert [r.action for r in theirs_result if r] == ["opened"]
+        assert result is not None and result.action == "duplicate"
+        assert counts(ours) == (1, 1, 0)  # their ticket and acknowledgement only; nothing shunted
+    finally:
+        ours.db.dispose()
+        theirs.db.dispose()

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import Connection, event
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.base import instance_state
 
@@ -121,6 +121,7 @@ def write_new(session: Session) -> int:
         for obj in by_class[cls]:
             _PLANS[cls].adopt_children(obj)
     conn = session.connection()
+    statements: list[tuple[str, Any]] = []
     for cls in ORDER:
         objs = by_class[cls]
         if objs:
@@ -131,13 +132,34 @@ def write_new(session: Session) -> int:
             for row in rows:
                 values = [proc(row[k]) if proc is not None else row[k] for k, proc in zip(keys, procs, strict=True)]
                 params.append(tuple(values) if positional else dict(zip(keys, values, strict=True)))
-            conn.exec_driver_sql(sql, params if len(params) > 1 else params[0])
+            statements.append((sql, params if len(params) > 1 else params[0]))
+    if conn.dialect.name == "postgresql" and len(statements) > 1:
+        _pipelined(conn, statements)
+    else:
+        for sql, params in statements:
+            conn.exec_driver_sql(sql, params)
     # Now rows that exist: the same bookkeeping the unit of work does after its own
     # INSERTs (identity keys, committed attribute state, noted in the transaction so a
     # rollback makes them transient again) — without re-adding each object, whose
     # cascades cost more than the INSERTs.
     session._register_persistent({instance_state(obj) for obj in new})
     return len(new)
+
+
+def _pipelined(conn: Connection, statements: list[tuple[str, Any]]) -> None:
+    """PostgreSQL: all the INSERTs sent at once, one round trip for the lot.
+
+    Nothing is read back from them, so none has to wait for the one before (psycopg's
+    pipeline mode); the server still runs them in order, and an error in any — a
+    delivery another process recorded first — is raised here, as SQLAlchemy raises it."""
+    driver = conn.connection.driver_connection
+    sql, params = statements[-1]
+    try:
+        with driver.pipeline():  # type: ignore[union-attr]
+            for sql, params in statements:
+                conn.exec_driver_sql(sql, params)
+    except conn.dialect.loaded_dbapi.Error as exc:  # raised at the pipeline's end: not yet wrapped
+        conn._handle_dbapi_exception(exc, sql, params, None, None)  # raises IntegrityError, OperationalError, ...
 
 
 @event.listens_for(Session, "before_flush")
