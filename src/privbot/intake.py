@@ -19,9 +19,9 @@ import hashlib
 import logging
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from sqlalchemy import Integer, cast, func, literal_column, null, select, union_all
+from sqlalchemy import Integer, bindparam, cast, func, literal_column, null, select, union_all
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -297,13 +297,15 @@ class _GroupRequesters:
         self.alone = alone  # who had no ticket before this group (asked at its start)
 
 
-def _group_lookup(keys: set[str], requesters: set[str]) -> Any:
-    """One query for a group: ``("k", dedupe key, ticket id)`` for each delivery already
-    recorded, ``("r", requester, None)`` for each requester who has a ticket."""
-    return union_all(
-        select(literal_column("'k'"), Message.dedupe_key, Message.ticket_id).where(Message.dedupe_key.in_(keys)),
-        select(literal_column("'r'"), Ticket.requester, cast(null(), Integer)).where(Ticket.requester.in_(requesters)).distinct(),
-    )
+#: One query for a group: ``("k", dedupe key, ticket id)`` for each delivery already
+#: recorded, ``("r", requester, None)`` for each requester who has a ticket.  Built once
+#: (building the expression per group cost more than running it).
+_GROUP_LOOKUP = union_all(
+    select(literal_column("'k'"), Message.dedupe_key, Message.ticket_id).where(Message.dedupe_key.in_(bindparam("keys", expanding=True))),
+    select(literal_column("'r'"), Ticket.requester, cast(null(), Integer))
+    .where(Ticket.requester.in_(bindparam("requesters", expanding=True)))
+    .distinct(),
+)
 
 
 def _requesters_first_ticket(session: Session, ticket: Ticket) -> bool:
@@ -394,7 +396,7 @@ def receive_emails(services: Services, raws: Sequence[bytes], *, sources: Sequen
             # the commit, which writes it all with one INSERT per table.
             seen: dict[str, int | None] = {}
             known_requesters: set[str] = set()
-            for kind, value, ticket_id in session.connection().execute(_group_lookup(set(keys), requesters)):
+            for kind, value, ticket_id in session.connection().execute(_GROUP_LOOKUP, {"keys": sorted(set(keys)), "requesters": sorted(requesters)}):
                 if kind == "k":
                     seen[value] = ticket_id
                 else:
