@@ -15,7 +15,6 @@ from sqlalchemy import event, func, select
 
 from privbot import audit, groupcommit
 from privbot.app import Services
-from privbot.domain import IntakeResult
 from privbot.store.models import OutboxItem, Shunted, Ticket
 from tests.support import make_mail
 
@@ -35,15 +34,15 @@ def _hold_first_message(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Even
     """The first message is taken alone and held in the pipeline until released, so the
     ones sent meanwhile queue behind it and are committed together."""
     entered, release = threading.Event(), threading.Event()
-    real: Callable[..., IntakeResult | None] = groupcommit.receive_email
+    real: Callable[..., Any] = groupcommit.receive_emails
 
-    def held(*args: Any, **kwargs: Any) -> IntakeResult | None:
+    def held(*args: Any, **kwargs: Any) -> Any:
         if not entered.is_set():
             entered.set()
             assert release.wait(30)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(groupcommit, "receive_email", held)
+    monkeypatch.setattr(groupcommit, "receive_emails", held)
     return entered, release
 
 
@@ -125,11 +124,16 @@ def test_a_group_that_cannot_reach_the_database_tells_every_sender_to_retry(
     from privbot.store.db import DatabaseUnavailable
 
     entered, release = _hold_first_message(monkeypatch)
+    first_then_held = groupcommit.receive_emails
+    calls: list[int] = []
 
-    def down(*_a: Any, **_k: Any) -> None:
+    def down_after_the_first(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:  # the lone first message, committed before the database went away
+            return first_then_held(*args, **kwargs)
         raise DatabaseUnavailable("connection refused")
 
-    monkeypatch.setattr(groupcommit, "receive_emails", down)
+    monkeypatch.setattr(groupcommit, "receive_emails", down_after_the_first)
     answers = _send_all(smtp_ctl, [_mail(i) for i in range(N)], entered, release)
 
     assert answers["user0@example.org"] == 250  # it was already being committed
