@@ -256,6 +256,12 @@ def _names_a_ticket(inbound: Inbound) -> bool:
     return bool(inbound.in_reply_to or inbound.references or _named_refs(inbound))
 
 
+def _may_open(inbound: Inbound) -> bool:
+    """Whether a message (unless it is a repeated delivery) may open a ticket: it is not
+    automatic and names none of ours — so it is worth classifying."""
+    return not inbound.auto_reason and not _names_a_ticket(inbound)
+
+
 def _same_requester(ticket: Ticket, inbound: Inbound) -> bool:
     if inbound.chat_id is not None and ticket.chat_id is not None:
         return inbound.chat_id == ticket.chat_id
@@ -344,9 +350,9 @@ def trusted_authserv_ids(settings: Settings, source: str) -> tuple[str, ...] | N
 #: most messages one :func:`receive_emails` transaction takes: it holds the write lock
 #: (SQLite) or the audit lock (PostgreSQL) that other intake waits behind meanwhile
 GROUP_MAX = 25
-#: audit entries a new request usually causes (opened, challenge, draft, queued): a
+#: audit entries a new request usually causes (opened, challenge issued, queued): a
 #: group fetches that many ids at once (PostgreSQL); more are fetched if needed
-_AUDIT_PER_NEW = 4
+_AUDIT_PER_NEW = 3
 
 
 def receive_emails(services: Services, raws: Sequence[bytes], *, sources: Sequence[str]) -> list[IntakeResult] | None:
@@ -378,7 +384,7 @@ def receive_emails(services: Services, raws: Sequence[bytes], *, sources: Sequen
     # Classified before the transaction, all in one call (a scoring call's fixed cost is
     # then paid once per group, and the write lock is not held meanwhile): every message
     # that may open a ticket — a repeated delivery's answer is simply not used.
-    may_open = [i for i, inbound in enumerate(inbounds) if not inbound.auto_reason and not _names_a_ticket(inbound)]
+    may_open = [i for i, inbound in enumerate(inbounds) if _may_open(inbound)]
     classifications: list[Classification | None] = [None] * len(inbounds)
     try:
         classified = services.classifier.classify_many([(inbounds[i].text, inbounds[i].subject, str(inbounds[i].channel)) for i in may_open])
@@ -404,7 +410,7 @@ def receive_emails(services: Services, raws: Sequence[bytes], *, sources: Sequen
             session.info[_GROUP] = _GroupRequesters(session.get_transaction(), requesters, requesters - known_requesters)
             # Messages that will open a ticket (not repeated, not automatic, not naming
             # one of ours): on PostgreSQL their ids come in one round trip.
-            fresh = {k for i, k in zip(inbounds, keys, strict=True) if k not in seen and not i.auto_reason and not _names_a_ticket(i)}
+            fresh = {k for i, k in zip(inbounds, keys, strict=True) if k not in seen and _may_open(i)}
             ids.expect(session, "tickets", len(fresh))
             try:
                 return [_intake(services, session, inbound, key, c, seen) for inbound, key, c in zip(inbounds, keys, classifications, strict=True)]
