@@ -7,6 +7,8 @@ from datetime import timedelta
 from email.message import EmailMessage
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from privbot import outbox
@@ -209,3 +211,26 @@ def test_a_request_for_two_rights_is_acknowledged_not_questioned(services: Servi
     assert ticket.status != "awaiting_clarification"
     [ack] = deliver(services)
     assert "What would you like" not in ack["Subject"]
+
+
+_LOCAL = st.from_regex(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~\"-]{1,80}", fullmatch=True)
+_DOMAIN = st.from_regex(r"[A-Za-z0-9.\[\]-]{1,30}", fullmatch=True)
+_PARAMS = st.sampled_from(["", " ", " SIZE=1000", "  BODY=8BITMIME SIZE=5 ", " SMTPUTF8"])
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(arg=st.one_of(
+    st.builds(lambda sp, local, domain, params: f"{sp}<{local}@{domain}>{params}", st.sampled_from(["", " "]), _LOCAL, _DOMAIN, _PARAMS),
+    st.text(max_size=60),
+), limit=st.sampled_from([0, 64]))
+def test_a_mail_path_is_read_exactly_as_aiosmtpd_reads_it(arg: str, limit: int) -> None:
+    """privbot reads plain ``<local@domain>`` paths itself (faster than the email package's
+    parser aiosmtpd uses); for every path, plain or not, it must come to the same address
+    and the same parameters — or refuse it as aiosmtpd would."""
+    from aiosmtpd.smtp import SMTP
+
+    from privbot.channels.smtp_in import PrivacySMTP
+
+    ours, theirs = PrivacySMTP.__new__(PrivacySMTP), SMTP.__new__(SMTP)
+    ours.local_part_limit = theirs.local_part_limit = limit
+    assert ours._getaddr(arg) == theirs._getaddr(arg)
