@@ -231,6 +231,11 @@ def test_a_mail_path_is_read_exactly_as_aiosmtpd_reads_it(arg: str, limit: int) 
 
     from privbot.channels.smtp_in import PrivacySMTP
 
-    ours, theirs = PrivacySMTP.__new__(PrivacySMTP), SMTP.__new__(SMTP)
-    ours.local_part_limit = theirs.local_part_limit = limit
-    assert ours._getaddr(arg) == theirs._getaddr(arg)
+    def outcome(server: SMTP) -> object:
+        server.local_part_limit = limit
+        try:
+            return server._getaddr(arg)
+        except Exception as exc:  # the email package trips over some paths ("<0@[>"): so must we
+            return type(exc)
+
+    assert outcome(PrivacySMTP.__new__(PrivacySMTP)) == outcome(SMTP.__new__(SMTP))
