@@ -412,6 +412,11 @@ def receive_emails(services: Services, raws: Sequence[bytes], *, sources: Sequen
             # one of ours): on PostgreSQL their ids come in one round trip.
             fresh = {k for i, k in zip(inbounds, keys, strict=True) if k not in seen and _may_open(i)}
             ids.expect(session, "tickets", len(fresh))
+            # and what each new request writes besides (its message and the answer's copy,
+            # a draft, an outbox row, a challenge): a big group would otherwise go back for
+            # more ids table by table
+            for table, count in (("messages", len(inbounds) + len(fresh)), ("drafts", len(fresh)), ("outbox", len(fresh)), ("challenges", len(fresh))):
+                ids.expect(session, table, count)
             try:
                 return [_intake(services, session, inbound, key, c, seen) for inbound, key, c in zip(inbounds, keys, classifications, strict=True)]
             finally:

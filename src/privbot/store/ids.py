@@ -98,7 +98,7 @@ def _fetch(session: Session, counters: _Counters, table: str) -> None:
         usual = 1 if table in _DENSE else min(counters.block.get(table, 4) * 2, _MAX_BLOCK)
         wanted = {table: max(counters.expected.pop(table, 0), usual)}
     else:
-        wanted = {name: _FIRST_BLOCK for name in _TABLES if name not in _DENSE and name != "audit"}
+        wanted = {name: max(_FIRST_BLOCK, counters.expected.pop(name, 0)) for name in _TABLES if name not in _DENSE and name != "audit"}
         # Tickets as many as expected; audit ids only when expected, which audit.hold()
         # does under the lock.
         for name in (*_DENSE, "audit"):
