@@ -249,15 +249,22 @@ async def test_an_approved_reply_arrives_in_the_chat_and_by_mail_with_the_outbox
 async def test_stopped_just_after_an_answer_is_shown_privbot_does_not_show_it_again(
     tg_settings: Settings, services: Services, api: FakeBotAPI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from privbot.channels.telegram import TelegramBot
     from privbot.chat import Conversation
 
     real = Conversation.mark_replied
+    real_send = TelegramBot._send
 
     def slow(self: Conversation, update_id: int) -> None:  # the record of "shown" is still being written ...
         time.sleep(0.3)
         real(self, update_id)
 
+    async def slow_send(self: TelegramBot, chat_id: int, reply: object) -> None:  # ... or the answer is
+        await real_send(self, chat_id, reply)  # on the user's screen while privbot is still sending
+        await asyncio.sleep(0.3)
+
     monkeypatch.setattr(Conversation, "mark_replied", slow)
+    monkeypatch.setattr(TelegramBot, "_send", slow_send)
     gina = User(api, 333)
     first = build_services(tg_settings)
     bot = TelegramComponent(first)

@@ -158,12 +158,16 @@ class TelegramBot:
             return
         handled = await asyncio.to_thread(self.conversation.handle, event)
         if not handled.replied and handled.replies:
-            await self._show(event.chat_id, handled)
-            # The user has the answer now.  Recording that must finish even when privbot
-            # is being stopped this instant (stop() waits for it): otherwise the restart
-            # would show the same answer a second time.
-            self.marking = asyncio.ensure_future(asyncio.to_thread(self.conversation.mark_replied, handled.update_id))
+            # Showing the answer and recording that it was shown go together, even when
+            # privbot is being stopped this instant (stop() waits for them): stopped between
+            # the two — or in the middle of sending, when the user may already have the
+            # answer — the restart would show the same answer a second time.
+            self.marking = asyncio.ensure_future(self._show_and_record(event.chat_id, handled))
             await asyncio.shield(self.marking)
+
+    async def _show_and_record(self, chat_id: int, handled: Handled) -> None:
+        await self._show(chat_id, handled)
+        await asyncio.to_thread(self.conversation.mark_replied, handled.update_id)
 
     async def _show(self, chat_id: int, handled: Handled) -> None:
         for reply in handled.replies:
@@ -244,7 +248,7 @@ class TelegramComponent:
                 await self._task
             except (asyncio.CancelledError, Exception):
                 pass
-        if self.bot.marking is not None:  # an answer shown just before the stop: record it
+        if self.bot.marking is not None:  # an answer being shown at the stop: finish and record it
             try:
                 await self.bot.marking
             except Exception:
