@@ -319,9 +319,9 @@ def _requesters_first_ticket(session: Session, ticket: Ticket) -> bool:
 
     Then no outbox row can belong to any of the requester's tickets, so
     :func:`may_auto_reply`'s count is 0 and need not be run.  Only known inside a
-    :func:`receive_emails` group; elsewhere ``False`` (the caller counts).  Called after
-    the ticket's audit entry, like the count: the audit lock (PostgreSQL) or
-    ``BEGIN IMMEDIATE`` (SQLite) keeps other processes' tickets out until commit.
+    :func:`receive_emails` group; elsewhere ``False`` (the caller counts).  The group
+    asked at its start, holding the audit lock (PostgreSQL) or ``BEGIN IMMEDIATE``
+    (SQLite), which keeps other processes' tickets out until its commit.
     """
     group = session.info.get(_GROUP)
     if not isinstance(group, _GroupRequesters) or group.transaction is not session.get_transaction():
@@ -410,7 +410,7 @@ def receive_emails(services: Services, raws: Sequence[bytes], *, sources: Sequen
             session.info[_GROUP] = _GroupRequesters(session.get_transaction(), requesters, requesters - known_requesters)
             # Messages that will open a ticket (not repeated, not automatic, not naming
             # one of ours): on PostgreSQL their ids come in one round trip.
-            fresh = {k for i, k in zip(inbounds, keys, strict=True) if k not in seen and _may_open(i)}
+            fresh = {keys[i] for i in may_open if keys[i] not in seen}
             ids.expect(session, "tickets", len(fresh))
             # and what each new request writes besides (its message and the answer's copy,
             # a draft, an outbox row, a challenge): a big group would otherwise go back for

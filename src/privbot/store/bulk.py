@@ -153,7 +153,7 @@ def _pipelined(conn: Connection, statements: list[tuple[str, Any]]) -> None:
     pipeline mode); the server still runs them in order, and an error in any — a
     delivery another process recorded first — is raised here, as SQLAlchemy raises it."""
     driver = conn.connection.driver_connection
-    sql, params = statements[-1]
+    sql, params = statements[0]  # named in the error even if entering the pipeline fails
     try:
         with driver.pipeline():  # type: ignore[union-attr]
             for sql, params in statements:
