@@ -14,8 +14,8 @@ from sqlalchemy import func, select
 from privbot import outbox
 from privbot.app import Services
 from privbot.scheduler import transports_for
-from privbot.store.models import Message, OutboxItem, Shunted, Ticket
-from tests.support import make_mail, outbox_messages, reply_to, send
+from privbot.store.models import AuditEntry, Message, OutboxItem, Shunted, Ticket
+from tests.support import break_classifier_on, make_mail, outbox_messages, reply_to, send
 
 
 def tickets(services: Services) -> list[Ticket]:
@@ -172,6 +172,30 @@ def test_unparseable_bytes_are_kept_for_rerun(services: Services, smtp_port: int
     assert len(kept) == 1
     assert b"\x00\x01\x02 not a mail at all" in kept[0].raw
     assert tickets(services) == []
+
+
+def test_a_message_shunted_by_a_fault_is_answered_once_reprocessed_and_only_once(
+    services: Services, smtp_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from privbot import shunt
+
+    break_classifier_on(services, monkeypatch)
+    send(smtp_port, make_mail("Please delete my account, explode", message_id="<kept-1@example.org>"))  # 250: kept
+    assert tickets(services) == []
+    [kept] = shunt.pending(services)
+    monkeypatch.undo()  # the fault is mended; a person re-runs what was kept
+
+    result = shunt.reprocess(services, kept.id)
+    assert result is not None and result.action == "opened" and result.ticket_ref
+    assert shunt.pending(services) == []
+    assert shunt.reprocess(services, kept.id) is None  # resolved: a second run does nothing
+    with services.db.transaction() as s:
+        assert s.scalar(select(func.count(Ticket.id))) == 1
+        assert s.scalar(select(func.count(OutboxItem.id))) == 1  # one acknowledgement
+        row = s.get(Shunted, kept.id)
+        assert row is not None and row.status == "reprocessed" and row.resolved_at is not None
+        entry = s.scalars(select(AuditEntry).where(AuditEntry.action == "reprocessed")).one()
+        assert entry.detail == {"shunt": kept.id, "ticket": result.ticket_ref, "outcome": "opened"}
 
 
 def test_forged_authentication_results_sent_straight_to_smtp_prove_nothing(services: Services, smtp_port: int) -> None:

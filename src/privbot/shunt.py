@@ -53,5 +53,5 @@ def reprocess(services: Services, shunt_id: int) -> IntakeResult | None:
         row = session.get(Shunted, shunt_id)
         assert row is not None
         row.status, row.resolved_at = "reprocessed", clock.now()
-        audit.record(session, "reprocessed", shunt=shunt_id, ticket=result.ticket_ref, action=result.action)
+        audit.record(session, "reprocessed", shunt=shunt_id, ticket=result.ticket_ref, outcome=result.action)
     return result
