@@ -13,12 +13,23 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from privbot import audit, clock, deadlines, scheduler, sweeps
+from privbot import audit, clock, deadlines, scheduler, shunt, sweeps
 from privbot.app import Services
 from privbot.cli import main
 from privbot.config import ConfigError, Settings, load_settings
 from privbot.domain import Status
-from privbot.store.models import AuditEntry, DeadlineEvent, Draft, Message, OutboxItem, Reminder, Ticket
+from privbot.store.models import (
+    AuditEntry,
+    DeadlineEvent,
+    Draft,
+    Message,
+    OutboxItem,
+    Reminder,
+    Shunted,
+    TelegramChat,
+    TelegramUpdate,
+    Ticket,
+)
 from tests.support import make_mail, outbox_messages
 
 STAFF = "dpo@example.com"
@@ -403,6 +414,48 @@ def test_retention_purges_personal_data_of_long_closed_tickets_and_keeps_the_rec
         dump = " ".join(str(a.detail) for a in s.scalars(select(AuditEntry)))
         assert "Alice" not in dump and "alice@example.org" not in dump
         assert audit.verify_chain(s).ok
+
+
+def test_retention_forgets_resolved_shunted_mail_and_idle_telegram_chats_but_keeps_what_still_waits(
+    services: Services, frozen_clock: object
+) -> None:
+    services.settings.retention_days = 365
+    resolved = shunt.keep(services, bytes(make_mail(body="Please delete my data. Bob Stone, 4 Elm Row")), "parser fault", source="smtp")
+    assert shunt.reprocess(services, resolved) is not None  # a person re-ran it: it has its ticket now
+    waiting = shunt.keep(services, b"\x00 unreadable bytes from carol@example.org", "cannot parse", source="smtp")
+    now = clock.now()
+    with services.db.transaction() as s:
+        s.add(TelegramChat(chat_id=101, bound_email="ann@example.org", bound_at=now, state={"step": "await_code", "email": "ann@example.org"},
+                           updated_at=now))
+        s.add(TelegramChat(chat_id=102, bound_email="dan@example.org", bound_at=now, updated_at=now))
+        s.add(Ticket(intent="access", intents=["access"], status=Status.RECEIVED, channel="telegram", requester="dan@example.org",
+                     chat_id=102, language="en", received_at=now, due_at=now + timedelta(days=30), updated_at=now))
+        s.add(TelegramUpdate(update_id=7, chat_id=101, outcome="opened", replies=[{"text": "Thank you, Ann: PRIV-000001"}],
+                             replied=True, processed_at=now))
+    clock.fast_forward(days=200)
+    with services.db.transaction() as s:
+        s.add(TelegramChat(chat_id=103, bound_email="eve@example.org", bound_at=clock.now(), updated_at=clock.now()))
+    clock.fast_forward(days=166)
+
+    said = " ".join(run_sweeps(services))
+    assert "1 resolved shunted messages deleted, 1 idle Telegram chats forgotten" in said
+    assert "1 shunted messages older than that still wait for a person" in said
+    with services.db.transaction() as s:
+        assert [r.id for r in s.scalars(select(Shunted))] == [waiting]  # an unanswered message is never dropped
+        chats = {c.chat_id: c.bound_email for c in s.scalars(select(TelegramChat))}
+        assert chats == {102: "dan@example.org", 103: "eve@example.org"}  # an open ticket, a recent chat
+        update_row = s.get(TelegramUpdate, 7)
+        assert update_row is not None and update_row.replies == [] and update_row.chat_id is None
+        assert s.scalar(select(func.max(TelegramUpdate.update_id))) == 7  # the poll offset stays where it was
+        entry = s.scalars(select(AuditEntry).where(AuditEntry.action == "retention")).one()
+        assert entry.detail == {"shunted_deleted": 1, "telegram_chats_forgotten": 1}
+        dump = " ".join(str(a.detail) for a in s.scalars(select(AuditEntry)))
+        assert "ann@example.org" not in dump and "Bob Stone" not in dump
+        assert audit.verify_chain(s).ok
+    again = " ".join(run_sweeps(services))
+    assert "deleted" not in again and "1 shunted messages older than that still wait" in again
+    with services.db.transaction() as s:
+        assert s.scalar(select(func.count()).select_from(AuditEntry).where(AuditEntry.action == "retention")) == 1
 
 
 def test_retention_zero_keeps_everything(services: Services, frozen_clock: object) -> None:

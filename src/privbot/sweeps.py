@@ -11,7 +11,10 @@ before acting:
   the same transaction.  Staff get one digest per sweep, not one mail per ticket.
 * retention: a conditional ``UPDATE tickets SET purged_at`` (with ``FOR UPDATE SKIP
   LOCKED`` on PostgreSQL) claims a batch; the personal data of exactly those tickets is
-  replaced by a marker, and each gets an audit entry ``purged``.
+  replaced by a marker, and each gets an audit entry ``purged``.  Then what is kept
+  beside the tickets: shunted messages a person resolved, Telegram chats idle that long
+  (the address a chat proved, its conversation) and the last Telegram update's reply
+  texts — deleted or emptied by conditions that a second run finds already false.
 
 A sweep that finds nothing to do does nothing, so running it twice, or in three
 processes, or as ``privbot sweep --at`` for a past moment, is harmless.
@@ -23,13 +26,24 @@ import logging
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, case, exists, func, literal, not_, or_, select, text, update
+from sqlalchemy import and_, case, delete, exists, func, literal, not_, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from privbot import audit, clock, deadlines, replies
 from privbot.domain import OPEN_STATUSES, format_ref
-from privbot.store.models import Challenge, Draft, Message, OutboxItem, Reminder, Ticket, UTCDateTime
+from privbot.store.models import (
+    Challenge,
+    Draft,
+    Message,
+    OutboxItem,
+    Reminder,
+    Shunted,
+    TelegramChat,
+    TelegramUpdate,
+    Ticket,
+    UTCDateTime,
+)
 
 if TYPE_CHECKING:
     from privbot.app import Services
@@ -247,6 +261,7 @@ def retention_sweep(services: Services, *, max_batches: int = 50) -> str:
     Kept: the ticket row's reference, intent(s), status and dates, the deadline history
     and the audit trail (which never holds bodies or codes); everything a requester
     wrote, their address and name, drafts' text and outbox payloads become ``[purged]``.
+    Then the personal data kept outside tickets (:func:`_purge_leftovers`).
     """
     settings = services.settings
     if not settings.retention_days:
@@ -258,7 +273,9 @@ def retention_sweep(services: Services, *, max_batches: int = 50) -> str:
         total += n
         if n < RETENTION_BATCH:
             break
-    return f"retention: {total} tickets purged" if total else "retention: nothing to purge"
+    said = f"retention: {total} tickets purged" if total else "retention: nothing to purge"
+    leftovers = _purge_leftovers(services, cutoff)
+    return f"{said}; {leftovers}" if leftovers else said
 
 
 def _purge_batch(services: Services, cutoff: datetime) -> int:
@@ -296,6 +313,47 @@ def _purge_batch(services: Services, cutoff: datetime) -> int:
             audit.record(session, "purged", ticket_id=ticket_id, retention_days=services.settings.retention_days)
     log.info("retention: purged personal data of %d tickets", len(claimed))
     return len(claimed)
+
+
+def _purge_leftovers(services: Services, cutoff: datetime) -> str:
+    """Personal data kept outside tickets, past the same retention period:
+
+    * shunted messages a person re-ran or discarded before ``cutoff`` are deleted (the
+      message's own ticket, if re-running made one, keeps its copy under the rules
+      above).  A shunted message still *pending* is a request nobody has answered yet:
+      it is kept, and said, however old;
+    * a Telegram chat nobody has written from since ``cutoff`` and with no open ticket
+      is forgotten: the address it proved, its language and any half-told request.  A
+      later message starts afresh (the address is proven again);
+    * the newest handled Telegram update (kept for the poll offset when older ones are
+      pruned) loses the reply texts it kept for re-sending once they are shown.
+    """
+    with services.db.transaction() as session:
+        if not _try_lock(session, _LOCK_RETENTION):
+            return ""
+        shunted = session.execute(
+            delete(Shunted).where(Shunted.status != "pending", Shunted.resolved_at <= cutoff)
+        ).rowcount or 0
+        open_ticket = exists().where(Ticket.chat_id == TelegramChat.chat_id, Ticket.status.in_(OPEN))
+        chats = session.execute(
+            delete(TelegramChat).where(TelegramChat.updated_at <= cutoff, ~open_ticket).execution_options(synchronize_session=False)
+        ).rowcount or 0
+        session.execute(
+            update(TelegramUpdate)
+            .where(TelegramUpdate.processed_at <= cutoff, TelegramUpdate.replied.is_(True), TelegramUpdate.chat_id.is_not(None))
+            .values(replies=[], chat_id=None)
+            .execution_options(synchronize_session=False)
+        )
+        waiting = session.scalar(select(func.count(Shunted.id)).where(Shunted.status == "pending", Shunted.created_at <= cutoff)) or 0
+        if shunted or chats:
+            audit.record(session, "retention", shunted_deleted=shunted, telegram_chats_forgotten=chats)
+    said = []
+    if shunted or chats:
+        said.append(f"{shunted} resolved shunted messages deleted, {chats} idle Telegram chats forgotten")
+    if waiting:
+        log.warning("retention: %d shunted messages older than the retention period still wait for a person", waiting)
+        said.append(f"{waiting} shunted messages older than that still wait for a person (privbot reprocess)")
+    return "; ".join(said)
 
 
 def _scrub(session: Session, ids: list[int]) -> None:
