@@ -2,7 +2,9 @@
 
 Runs ``receive_email`` in-process (no sockets) on simple requests, once under cProfile,
 and prints the milliseconds per message spent in each pipeline stage, the SQL
-statements and flushes per message.  Not a ``bench_*`` file: ``make bench`` skips it.
+statements and flushes per message (statements through SQLAlchemy: on PostgreSQL the
+INSERTs and a group's first queries go to the driver directly and are not counted).
+Not a ``bench_*`` file: ``make bench`` skips it.
 
     .venv/bin/python bench/profile_intake.py [--pg] [N]
 """

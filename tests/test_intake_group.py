@@ -57,6 +57,21 @@ def test_a_delivery_repeated_inside_one_group_opens_one_ticket(services: Service
     assert counts(services)[0] == 2
 
 
+def test_ticket_references_stay_dense_when_a_group_repeats_earlier_deliveries(services: Services) -> None:
+    first = receive_emails(services, [raw(0), raw(1)], sources=["smtp", "smtp"])
+    assert first is not None and [r.ticket_ref for r in first] == ["PRIV-000001", "PRIV-000002"]
+    # Two deliveries seen before, one repeated within the group: only two new tickets,
+    # and on PostgreSQL only two ticket ids taken (the database counts them).
+    group = receive_emails(services, [raw(0), raw(3), raw(1), raw(4), raw(3)], sources=["smtp"] * 5)
+    assert group is not None
+    assert [(r.action, r.ticket_ref) for r in group] == [
+        ("duplicate", "PRIV-000001"), ("opened", "PRIV-000003"), ("duplicate", "PRIV-000002"),
+        ("opened", "PRIV-000004"), ("duplicate", "PRIV-000003"),
+    ]
+    after = receive_email(services, raw(5))
+    assert after is not None and after.ticket_ref == "PRIV-000005"  # no gap left behind
+
+
 def test_a_group_with_a_failing_message_commits_nothing_and_each_message_then_goes_alone(
     services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:

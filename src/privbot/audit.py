@@ -57,18 +57,24 @@ def record(session: Session, action: str, *, actor: str = "privbot", ticket_id: 
     return entry
 
 
-def hold(session: Session, expected_entries: int = 0) -> None:
-    """Take the chain for the rest of this transaction now, before anything else.
-
-    For a transaction that will certainly append (a group of incoming messages): the
-    lock and the tail are taken first, and on PostgreSQL the ids of the
-    ``expected_entries`` it will most likely append are fetched with the other tables'
-    ids in one round trip instead of in two more once the entries are written
-    (:func:`privbot.store.ids.expect`; ids must come after the lock, see :func:`record`)."""
+def hold(session: Session) -> None:
+    """Take the chain for the rest of this transaction now, before anything else (a
+    transaction that will certainly append: a group of incoming messages on SQLite)."""
     if _cached_tail(session) is None:
         session.info[_TAIL] = (session.get_transaction(), _take_chain(session), None)
-    if expected_entries:
-        ids.expect(session, "audit", expected_entries)
+
+
+def taking_queries() -> list[tuple[Any, dict[str, Any]]]:
+    """PostgreSQL: what :func:`hold` asks — the lock, then the tail — for a caller that
+    sends it in one round trip with queries of its own (queries sent after these run
+    holding the lock: there it may fetch audit ids) and hands the tail's rows to
+    :func:`taken`."""
+    return [(_LOCK, {"k": _AUDIT_LOCK}), (_TAIL_HASH, {})]
+
+
+def taken(session: Session, tail_rows: list[Any]) -> None:
+    """The chain was taken by :func:`taking_queries` in this transaction: its tail."""
+    session.info[_TAIL] = (session.get_transaction(), tail_rows[0][0] if tail_rows else GENESIS, None)
 
 
 def _take_chain(session: Session) -> str:

@@ -19,15 +19,17 @@ import hashlib
 import logging
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Integer, bindparam, cast, func, literal_column, null, select, union_all
+from sqlalchemy import Integer, String, any_, bindparam, cast, func, literal_column, null, select, text, union_all
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from privbot import audit, clock, deadlines, replies, verify
 from privbot.domain import Classification, Inbound, IntakeResult, Intent, Status, parse_ref
 from privbot.store import ids
+from privbot.store.bulk import read_pipelined
 from privbot.store.models import Draft, Message, OutboxItem, Ticket
 
 if TYPE_CHECKING:
@@ -312,6 +314,39 @@ _GROUP_LOOKUP = union_all(
     .where(Ticket.requester.in_(bindparam("requesters", expanding=True)))
     .distinct(),
 )
+#: The same for PostgreSQL, with arrays: one statement whatever the group's size, sent
+#: as it is in the group's first round trip (:func:`_take_group_postgresql`).
+_GROUP_LOOKUP_PG = union_all(
+    select(literal_column("'k'"), Message.dedupe_key, Message.ticket_id).where(Message.dedupe_key == any_(bindparam("keys", type_=ARRAY(String)))),
+    select(literal_column("'r'"), Ticket.requester, cast(null(), Integer))
+    .where(Ticket.requester == any_(bindparam("requesters", type_=ARRAY(String))))
+    .distinct(),
+)
+#: PostgreSQL: one ticket id for each of ``keys`` (the deliveries that may open a ticket)
+#: not yet recorded — counted by the database in the same round trip as the lookup, so
+#: ticket references stay dense without a second round trip to ask for them.
+_FRESH_TICKET_IDS = text(
+    f"SELECT CAST('{Ticket.__tablename__}' AS text), nextval(CAST('{Ticket.__tablename__}_id_seq' AS regclass)) "
+    f"FROM generate_series(1, (SELECT CAST(count(*) AS int) FROM unnest(CAST(:keys AS text[])) AS k(key) "
+    f"WHERE NOT EXISTS (SELECT 1 FROM {Message.__tablename__} AS m WHERE m.dedupe_key = k.key)))"
+)
+
+
+def _take_group_postgresql(session: Session, lookup: dict[str, list[str]], may_open_keys: list[str], counts: dict[str, int]) -> list[Any]:
+    """PostgreSQL: a group's first questions in one round trip — the audit lock, the
+    chain's tail, the lookup, and the ids the group will use (audit ids among them, so
+    after the lock).  Each is a round trip otherwise, and under load each waits for the
+    database's process to be scheduled: they cost a group more than its INSERTs."""
+    queries = [
+        *audit.taking_queries(),
+        (_GROUP_LOOKUP_PG, lookup),
+        ids.first_block(counts),
+        (_FRESH_TICKET_IDS, {"keys": may_open_keys}),
+    ]
+    _lock, tail, found, block, tickets = read_pipelined(session.connection(), queries)
+    audit.taken(session, tail)
+    ids.provide(session, [*block, *tickets])
+    return found
 
 
 def _requesters_first_ticket(session: Session, ticket: Ticket) -> bool:
@@ -393,30 +428,31 @@ def receive_emails(services: Services, raws: Sequence[bytes], *, sources: Sequen
         with services.db.transaction() as session:
             # Every message of a group is recorded in the audit trail: the chain is taken
             # first (on PostgreSQL its lock then also keeps other processes' tickets out
-            # of what the query below finds, until the commit).
+            # of what the lookup finds, until the commit).  One query for the whole group
+            # — which deliveries were recorded before, which requesters have tickets;
+            # then nothing the group adds needs flushing before the commit, which writes
+            # it all with one INSERT per table.
             keys = [dedupe_key(inbound) for inbound in inbounds]
             requesters = {inbound.sender[:320] for inbound in inbounds}
-            audit.hold(session, expected_entries=_AUDIT_PER_NEW * len(may_open) + len(inbounds) - len(may_open))
-            # One query for the whole group — which deliveries were recorded before, which
-            # requesters have tickets; then nothing the group adds needs flushing before
-            # the commit, which writes it all with one INSERT per table.
+            lookup = {"keys": sorted(set(keys)), "requesters": sorted(requesters)}
+            if session.get_bind().dialect.name == "postgresql":
+                # What each new request writes (its ticket, message and the answer's copy,
+                # a draft, an outbox row, a challenge, audit entries), fetched at once:
+                # ids left unused are gaps, except tickets', counted exactly.
+                counts = {"messages": len(inbounds) + len(may_open), "drafts": len(may_open), "outbox": len(may_open),
+                          "challenges": len(may_open), "audit": _AUDIT_PER_NEW * len(may_open) + len(inbounds) - len(may_open)}
+                found = _take_group_postgresql(session, lookup, sorted({keys[i] for i in may_open}), counts)
+            else:  # SQLite: BEGIN IMMEDIATE is the lock; the tail and the lookup are local reads
+                audit.hold(session)
+                found = list(session.connection().execute(_GROUP_LOOKUP, lookup))
             seen: dict[str, int | None] = {}
             known_requesters: set[str] = set()
-            for kind, value, ticket_id in session.connection().execute(_GROUP_LOOKUP, {"keys": sorted(set(keys)), "requesters": sorted(requesters)}):
+            for kind, value, ticket_id in found:
                 if kind == "k":
                     seen[value] = ticket_id
                 else:
                     known_requesters.add(value)
             session.info[_GROUP] = _GroupRequesters(session.get_transaction(), requesters, requesters - known_requesters)
-            # Messages that will open a ticket (not repeated, not automatic, not naming
-            # one of ours): on PostgreSQL their ids come in one round trip.
-            fresh = {keys[i] for i in may_open if keys[i] not in seen}
-            ids.expect(session, "tickets", len(fresh))
-            # and what each new request writes besides (its message and the answer's copy,
-            # a draft, an outbox row, a challenge): a big group would otherwise go back for
-            # more ids table by table
-            for table, count in (("messages", len(inbounds) + len(fresh)), ("drafts", len(fresh)), ("outbox", len(fresh)), ("challenges", len(fresh))):
-                ids.expect(session, table, count)
             try:
                 return [_intake(services, session, inbound, key, c, seen) for inbound, key, c in zip(inbounds, keys, classifications, strict=True)]
             finally:

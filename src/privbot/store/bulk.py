@@ -7,10 +7,14 @@ bookkeeping, dependency sorting, one statement per table per flush — than the 
 spent writing them: most of the pipeline's cost.  Their ids are already known
 (:mod:`privbot.store.ids`), so nothing needs to come back from the database, and just
 before each flush this hook writes every new row of those tables itself, one
-``executemany`` per table in foreign-key order, then hands the objects back to the
-session as persistent rows, exactly as if the ORM had inserted them.  Later changes to
-them (``draft.status = "sent"``) are ordinary UPDATEs; everything else — updates,
+statement per table in foreign-key order (SQLite: an ``executemany``; PostgreSQL: one
+multi-row INSERT each, all of them in one round trip), then hands the objects back to
+the session as persistent rows, exactly as if the ORM had inserted them.  Later changes
+to them (``draft.status = "sent"``) are ordinary UPDATEs; everything else — updates,
 deletes, new rows of other tables — still goes through the unit of work.
+
+It also sends a group's first, independent queries in one round trip
+(:func:`read_pipelined`, PostgreSQL).
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Connection, event
+from sqlalchemy import Connection, Row, event
+from sqlalchemy.sql import Executable
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.base import instance_state
 
@@ -46,6 +51,7 @@ class _Plan:
         #: one-to-many relationships: (attribute, [(remote attribute on child, local attribute)])
         self.children: list[tuple[str, list[tuple[str, str]]]] = []
         self._statements: dict[str, tuple[str, list[str], list[Callable[[Any], Any] | None], bool]] = {}
+        self._multirow: dict[tuple[str, int], str] = {}
         for rel in mapper.relationships:
             pairs = [(mapper.get_property_by_column(local).key, rel.mapper.get_property_by_column(remote).key)
                      for local, remote in rel.local_remote_pairs]
@@ -65,6 +71,23 @@ class _Plan:
             procs = [self.table.c[k].type.dialect_impl(dialect).bind_processor(dialect) for k in keys]
             cached = self._statements[dialect.name] = (compiled.string, keys, procs, bool(compiled.positional))
         return cached
+
+    def multirow(self, dialect: Any, n: int) -> str:
+        """PostgreSQL: one INSERT of ``n`` rows, with the server's own placeholders
+        (``$1``…: the driver sends it as it is, without reading it for placeholders, which
+        for a long statement it does on every call) and the parameters row after row in
+        the order of :meth:`statement`'s keys."""
+        key = (dialect.name, n)
+        sql = self._multirow.get(key)
+        if sql is None:
+            _sql, keys, _procs, _positional = self.statement(dialect)
+            quote = dialect.identifier_preparer
+            width = len(keys)
+            rows = ", ".join("(" + ", ".join(f"${r * width + c + 1}" for c in range(width)) + ")" for r in range(n))
+            sql = self._multirow[key] = (
+                f"INSERT INTO {quote.format_table(self.table)} ({', '.join(quote.quote(self.table.c[k].name) for k in keys)}) VALUES {rows}"
+            )
+        return sql
 
     def row(self, obj: Any) -> dict[str, Any]:
         values = obj.__dict__
@@ -106,6 +129,8 @@ def _default(col: Any) -> Callable[[], Any] | None:
 
 
 _PLANS = {cls: _Plan(cls) for cls in ORDER}
+#: most parameters in one multi-row INSERT (PostgreSQL's protocol allows 65,535)
+_MAX_PARAMS = 30_000
 
 
 def write_new(session: Session) -> int:
@@ -121,6 +146,7 @@ def write_new(session: Session) -> int:
         for obj in by_class[cls]:
             _PLANS[cls].adopt_children(obj)
     conn = session.connection()
+    postgresql = conn.dialect.name == "postgresql"
     statements: list[tuple[str, Any]] = []
     for cls in ORDER:
         objs = by_class[cls]
@@ -128,12 +154,19 @@ def write_new(session: Session) -> int:
             plan = _PLANS[cls]
             sql, keys, procs, positional = plan.statement(conn.dialect)
             rows = [plan.row(obj) for obj in objs]
-            params: list[Any] = []
-            for row in rows:
-                values = [proc(row[k]) if proc is not None else row[k] for k, proc in zip(keys, procs, strict=True)]
-                params.append(tuple(values) if positional else dict(zip(keys, values, strict=True)))
+            converted = [[proc(row[k]) if proc is not None else row[k] for k, proc in zip(keys, procs, strict=True)] for row in rows]
+            if postgresql:
+                # One statement for all the rows (in chunks below the driver's parameter
+                # limit): psycopg sends and reads back an executemany row by row, which
+                # cost more client CPU than the server spent on the rows.
+                per = max(1, _MAX_PARAMS // len(keys))
+                for start in range(0, len(converted), per):
+                    chunk = converted[start : start + per]
+                    statements.append((plan.multirow(conn.dialect, len(chunk)), tuple(v for values in chunk for v in values)))
+                continue
+            params = [tuple(values) if positional else dict(zip(keys, values, strict=True)) for values in converted]
             statements.append((sql, params if len(params) > 1 else params[0]))
-    if conn.dialect.name == "postgresql" and len(statements) > 1:
+    if postgresql:
         _pipelined(conn, statements)
     else:
         for sql, params in statements:
@@ -147,19 +180,65 @@ def write_new(session: Session) -> int:
 
 
 def _pipelined(conn: Connection, statements: list[tuple[str, Any]]) -> None:
-    """PostgreSQL: all the INSERTs sent at once, one round trip for the lot.
+    """PostgreSQL: the multi-row INSERTs sent at once, one round trip for the lot.
 
     Nothing is read back from them, so none has to wait for the one before (psycopg's
     pipeline mode); the server still runs them in order, and an error in any — a
-    delivery another process recorded first — is raised here, as SQLAlchemy raises it."""
+    delivery another process recorded first — is raised here, as SQLAlchemy raises it.
+    They go straight to the driver (a raw cursor: ``$n`` placeholders), so SQLAlchemy's
+    statement events do not see them."""
+    import psycopg
+
     driver = conn.connection.driver_connection
     sql, params = statements[0]  # named in the error even if entering the pipeline fails
     try:
-        with driver.pipeline():  # type: ignore[union-attr]
+        with driver.pipeline(), psycopg.RawCursor(driver) as cursor:  # type: ignore[union-attr, arg-type]
             for sql, params in statements:
-                conn.exec_driver_sql(sql, params)
+                cursor.execute(sql, params)
     except conn.dialect.loaded_dbapi.Error as exc:  # raised at the pipeline's end: not yet wrapped
         conn._handle_dbapi_exception(exc, sql, params, None, None)  # raises IntegrityError, OperationalError, ...
+
+
+def read_pipelined(conn: Connection, queries: list[tuple[Executable, dict[str, Any]]]) -> list[list[Row[Any]]]:
+    """PostgreSQL: several queries sent at once, each one's rows back, one round trip.
+
+    For a transaction whose first questions do not depend on each other's answers (a
+    group of incoming messages: take the audit lock, read the chain's tail, look up the
+    deliveries, fetch ids).  Under load every round trip waits for the database's
+    process to be scheduled, and a group's four used to cost more than its INSERTs.  The
+    server runs them in order, so a query sent after a lock runs holding it.  Each query
+    is compiled once; its parameters go to the driver as they are (plain values: text,
+    numbers and lists of them).  Errors are raised as SQLAlchemy raises them."""
+    driver = conn.connection.driver_connection
+    compiled = [_compiled_query(conn.dialect, query, params) for query, params in queries]
+    sql, params = compiled[0]
+    cursors: list[Any] = []
+    try:
+        with driver.pipeline():  # type: ignore[union-attr]
+            for sql, params in compiled:
+                cursor = driver.cursor()  # type: ignore[union-attr]
+                cursors.append(cursor)
+                cursor.execute(sql, params)
+        return [cursor.fetchall() for cursor in cursors]
+    except conn.dialect.loaded_dbapi.Error as exc:
+        conn._handle_dbapi_exception(exc, sql, params, None, None)
+        raise  # not reached: the line above raises
+    finally:
+        for cursor in cursors:
+            cursor.close()
+
+
+#: (id of the query, dialect) -> (the query, kept so that its id stays its own; SQL; its own values)
+_COMPILED: dict[tuple[int, str], tuple[Executable, str, dict[str, Any]]] = {}
+
+
+def _compiled_query(dialect: Any, query: Executable, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    cached = _COMPILED.get((id(query), dialect.name))
+    if cached is None:
+        compiled = query.compile(dialect=dialect)
+        cached = _COMPILED[(id(query), dialect.name)] = (query, str(compiled), dict(compiled.params))
+    _query, sql, defaults = cached
+    return sql, {**defaults, **params}  # the statement's own values (a LIMIT) and the caller's
 
 
 @event.listens_for(Session, "before_flush")

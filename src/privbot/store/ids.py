@@ -15,7 +15,8 @@ Where the ids come from:
 * **PostgreSQL**: the column's own sequence (``nextval``), fetched a few at a time in
   one round trip; an id fetched and not used is a gap, as after any rolled-back INSERT.
   Tickets take their ids one at a time, so their references stay dense, except that a
-  group of new requests takes as many as it expects to open (:func:`expect`).
+  group of new requests takes as many as it will open, counted by the database in the
+  group's first round trip (:func:`privbot.intake.receive_emails`, :func:`provide`).
 
 Every new row of these tables gets its id from here (:mod:`privbot.store.bulk` fills in
 any the code did not ask for, just before it writes them), so on SQLite the counter and
@@ -51,7 +52,6 @@ class _Counters:
         self.next: dict[str, int] = {}  # table -> next id (SQLite)
         self.block: dict[str, int] = {}
         self.prefetched = False  # PG: the first blocks of the ordinary tables are fetched
-        self.expected: dict[str, int] = {}  # PG: how many dense ids the first fetch should take
         self.postgresql = False
 
 
@@ -91,19 +91,13 @@ def _fetch(session: Session, counters: _Counters, table: str) -> None:
     audit trail, a block is fetched for each such table at once (a new ticket's message,
     draft, outbox row and challenge follow at once).  Audit ids are fetched only when
     asked for, which is under the audit lock (audit.record): the chain's order is the
-    order of its ids, so no transaction may hold audit ids from before it got the lock
-    (:func:`privbot.audit.hold` expects them once it holds it: then they come with the first
-    block)."""
-    if table == "audit" and "audit" not in counters.expected or counters.prefetched:
-        usual = 1 if table in _DENSE else min(counters.block.get(table, 4) * 2, _MAX_BLOCK)
-        wanted = {table: max(counters.expected.pop(table, 0), usual)}
+    order of its ids, so no transaction may hold audit ids from before it got the lock."""
+    if counters.prefetched or table == "audit":
+        wanted = {table: 1 if table in _DENSE else min(counters.block.get(table, 4) * 2, _MAX_BLOCK)}
     else:
-        wanted = {name: max(_FIRST_BLOCK, counters.expected.pop(name, 0)) for name in _TABLES if name not in _DENSE and name != "audit"}
-        # Tickets as many as expected; audit ids only when expected, which audit.hold()
-        # does under the lock.
-        for name in (*_DENSE, "audit"):
-            wanted[name] = max(counters.expected.pop(name, 0), 1 if name == table else 0)
-        wanted = {name: n for name, n in wanted.items() if n}
+        wanted = {name: _FIRST_BLOCK for name in _TABLES if name not in _DENSE and name != "audit"}
+        if table in _DENSE:
+            wanted[table] = 1
         counters.prefetched = True
     counters.block.update(wanted)
     # On the connection: asking for ids must not flush (write what waits for them).
@@ -112,6 +106,10 @@ def _fetch(session: Session, counters: _Counters, table: str) -> None:
         rows = conn.execute(_NEXTVAL, {"name": table, "n": wanted[table]})
     else:
         rows = conn.execute(_NEXTVALS, {"names": list(wanted), "counts": list(wanted.values())})
+    _keep(counters, rows)
+
+
+def _keep(counters: _Counters, rows: Any) -> None:
     for name, value in sorted(rows, key=lambda r: r[1]):
         counters.free.setdefault(name, []).append(value)
 
@@ -127,12 +125,25 @@ _NEXTVALS = text(
 _FIRST_BLOCK = 8
 
 
-def expect(session: Session, table: str, count: int) -> None:
-    """PostgreSQL: this transaction will most likely need ``count`` ids of ``table``, so
-    the next fetch takes them all in the same round trip (a group of new requests).  An
-    id taken and not used is a gap, as after a rollback: in the references, for tickets.
-    Audit ids may be expected only by a transaction that holds the audit lock."""
-    _counters(session).expected[table] = count
+def first_block(counts: dict[str, int]) -> tuple[Any, dict[str, Any]]:
+    """PostgreSQL: the query fetching a transaction's first ids, ``counts[table]`` of each
+    table (at least a usual block of the ordinary ones), for a caller that sends it in a
+    round trip with other queries and hands the rows to :func:`provide`.  Dense tables
+    (tickets) and the audit trail get exactly what is asked; audit ids only when the
+    query runs after the audit lock (the same round trip may take it first)."""
+    wanted = {name: max(_FIRST_BLOCK, counts.get(name, 0)) for name in _TABLES if name not in _DENSE and name != "audit"}
+    wanted.update({name: n for name, n in counts.items() if (name in _DENSE or name == "audit") and n})
+    return _NEXTVALS, {"names": list(wanted), "counts": list(wanted.values())}
+
+
+def provide(session: Session, rows: Any) -> None:
+    """Ids the caller fetched with :func:`first_block` (or any ``(table, id)`` rows from the
+    sequences): handed out before any more are fetched."""
+    counters = _counters(session)
+    _keep(counters, rows)
+    for name, values in counters.free.items():
+        counters.block[name] = max(counters.block.get(name, 0), len(values))
+    counters.prefetched = True
 
 
 def assign(session: Session, obj: Any) -> int:
