@@ -20,7 +20,7 @@ from privbot import clock, outbox, replies
 from privbot.app import Services, build_services
 from privbot.channels.telegram import TelegramComponent, split_text
 from privbot.config import Settings
-from privbot.store.models import Challenge, DeliveryAttempt, OutboxItem, TelegramUpdate, Ticket
+from privbot.store.models import AuditEntry, Challenge, DeliveryAttempt, OutboxItem, TelegramChat, TelegramUpdate, Ticket
 from tests.botapi import FakeBotAPI, User
 from tests.support import outbox_messages
 
@@ -111,7 +111,7 @@ async def test_free_text_then_address_then_code_opens_a_verified_ticket_with_its
     assert ticket.verified and ticket.status == "awaiting_approval"
     assert sent.text and api.calls[0] == "getMe" and "deleteWebhook" in api.calls and "getUpdates" in api.calls
     assert api.calls.index("deleteWebhook") < api.calls.index("getUpdates")  # polling only once no webhook is set
-    assert api.commands[""] == ["start", "status", "cancel", "help"] and "zh" in api.commands
+    assert api.commands[""] == ["start", "status", "cancel", "forget", "help"] and "zh" in api.commands
     await deliver(services)  # the formal acknowledgement, in the chat and (verified) by mail
     ack = await alice.expect("We have registered your request")
     assert "one-time code" not in ack.text  # proven already: no second code
@@ -200,6 +200,29 @@ async def test_a_bound_chat_skips_the_address_but_deletion_still_needs_a_fresh_c
         ("withdrawal", True, "carol@example.org"),
         ("deletion", True, "carol@example.org"),
     ]
+
+
+async def test_forget_unlinks_the_chat_from_its_address_and_the_next_request_proves_it_again(
+    services: Services, api: FakeBotAPI, bot: TelegramComponent
+) -> None:
+    fay = User(api, 121)
+    await open_by_chat(services, fay, "Send me a copy of my personal data please", "fay@example.org")
+    fay.say("/forget")
+    await fay.expect("no longer linked to f***@example.org")
+    fay.say("/forget")
+    await fay.expect("nothing to forget")
+    fay.say("I withdraw my consent to your marketing emails")
+    await fay.expect("email address")  # the chat no longer acts for the address: asked again
+    with services.db.transaction() as s:
+        chat_row = s.get(TelegramChat, 121)
+        assert chat_row is not None and chat_row.bound_email is None and chat_row.bound_at is None
+        unbound = s.scalars(select(AuditEntry).where(AuditEntry.action == "telegram_chat_unbound")).one()
+        assert unbound.detail == {} and unbound.ticket_id is None
+    fay.say("/cancel")
+    await fay.expect("stopped")
+    fay.say("/status")
+    await fay.expect("PRIV-000001")  # the request made in the chat is still the chat's
+    assert [(t.intent, t.requester) for t in tickets(services)] == [("access", "fay@example.org")]
 
 
 async def test_cancel_leaves_the_conversation_and_help_explains(services: Services, api: FakeBotAPI, bot: TelegramComponent) -> None:

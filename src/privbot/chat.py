@@ -278,6 +278,16 @@ class Conversation:
             return self._handled(event, "cancelled", s.say("cancelled" if busy else "nothing_to_cancel"))
         if event.command == "status":
             return self._handled(event, "status", self._status(session, chat, s))
+        if event.command == "forget":
+            # The user takes back what the chat proved: it no longer acts for the address
+            # (its tickets stay, and their answers still reach the chat and the mailbox).
+            bound = chat.bound_email
+            chat.bound_email, chat.bound_at = None, None
+            chat.state = {"step": "idle"}
+            if not bound:
+                return self._handled(event, "nothing_to_forget", s.say("nothing_to_forget"))
+            audit.record(session, "telegram_chat_unbound")  # no chat id, no address: the trail names nobody
+            return self._handled(event, "forgotten", s.say("forgotten", masked=mask(bound)))
         return self._handled(event, "help", s.say("help", privacy_address=self.services.settings.privacy_address))
 
     def _button(self, session: Session, event: ChatEvent, chat: TelegramChat, state: dict[str, Any]) -> Handled:

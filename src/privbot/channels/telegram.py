@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 TELEGRAM_API = "https://api.telegram.org"
 #: what privbot asks Telegram for; everything else (channel posts, edits...) is not a request
 ALLOWED_UPDATES = ["message", "callback_query"]
-COMMANDS = ("start", "status", "cancel", "help")
+COMMANDS = ("start", "status", "cancel", "forget", "help")
 
 
 def api_base(settings: Settings) -> str:
