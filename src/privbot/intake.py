@@ -335,8 +335,9 @@ _FRESH_TICKET_IDS = text(
 def _take_group_postgresql(session: Session, lookup: dict[str, list[str]], may_open_keys: list[str], counts: dict[str, int]) -> list[Any]:
     """PostgreSQL: a group's first questions in one round trip — the audit lock, the
     chain's tail, the lookup, and the ids the group will use (audit ids among them, so
-    after the lock).  Each is a round trip otherwise, and under load each waits for the
-    database's process to be scheduled: they cost a group more than its INSERTs."""
+    after the lock).  Each would be a round trip of its own, and under load every wait
+    for an answer also costs the committer its turn for a core behind the processes
+    that keep the machine busy: they cost a group more than its INSERTs did."""
     queries = [
         *audit.taking_queries(),
         (_GROUP_LOOKUP_PG, lookup),

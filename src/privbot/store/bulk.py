@@ -204,9 +204,10 @@ def read_pipelined(conn: Connection, queries: list[tuple[Executable, dict[str, A
 
     For a transaction whose first questions do not depend on each other's answers (a
     group of incoming messages: take the audit lock, read the chain's tail, look up the
-    deliveries, fetch ids).  Under load every round trip waits for the database's
-    process to be scheduled, and a group's four used to cost more than its INSERTs.  The
-    server runs them in order, so a query sent after a lock runs holding it.  Each query
+    deliveries, fetch ids).  Under load every wait for an answer also costs the caller
+    its turn for a core, and a group's four round trips used to cost more than its
+    INSERTs.  The server runs them in order, so a query sent after a lock runs holding
+    it.  Each query
     is compiled once; its parameters go to the driver as they are (plain values: text,
     numbers and lists of them).  Errors are raised as SQLAlchemy raises them."""
     driver = conn.connection.driver_connection
