@@ -19,9 +19,9 @@ from privbot import clock, replies
 from privbot.app import Services
 from privbot.domain import Channel, Classification, Inbound, Intent, Status
 from privbot.intake import intake
-from privbot.store.models import AuditEntry, Draft, OutboxItem, Staff, Ticket
+from privbot.store.models import AuditEntry, ConsoleSession, Draft, OutboxItem, Staff, Ticket
 from privbot.web import actions, auth
-from privbot.web.app import create_app
+from privbot.web.app import SESSION_COOKIE, create_app
 
 PASSWORD = "correct horse battery"
 STAFF = {"agent@corp.example": "agent", "anna@corp.example": "approver", "bob@corp.example": "approver", "root@corp.example": "admin"}
@@ -206,6 +206,30 @@ def test_session_cookie_is_httponly_samesite_and_pages_are_not_cached(app: objec
     assert page.headers["x-frame-options"] == "DENY"
     assert "script-src 'self'" in page.headers["content-security-policy"]
     assert "unsafe-inline" not in page.headers["content-security-policy"]
+
+
+def test_logging_out_ends_the_session_on_the_server_so_a_copied_cookie_is_refused(app: object, services: Services) -> None:
+    laptop = logged_in(app, "agent@corp.example")
+    phone = logged_in(app, "agent@corp.example")
+    cookie = laptop.cookies[SESSION_COOKIE]
+    stolen = TestClient(app, follow_redirects=False)  # type: ignore[arg-type]
+    stolen.cookies.set(SESSION_COOKIE, cookie)
+    assert stolen.get("/").status_code == 200  # a copy works while the login lasts
+    assert post(laptop, "/logout").status_code == 303  # type: ignore[attr-defined]
+    assert stolen.get("/").status_code == 303 and stolen.get("/").headers["location"].startswith("/login")
+    assert phone.get("/").status_code == 200  # the member's other login goes on
+    with services.db.transaction() as s:
+        rows = list(s.scalars(select(ConsoleSession)))
+    assert len(rows) == 2 and sum(r.ended_at is not None for r in rows) == 1
+    assert all(len(r.token_hash) == 64 and r.token_hash not in cookie for r in rows)  # only a hash is kept
+
+
+def test_a_login_lasts_no_longer_than_its_cookie_would(app: object, services: Services, frozen_clock: object) -> None:
+    agent = logged_in(app, "agent@corp.example")
+    clock.fast_forward(hours=11)
+    assert agent.get("/").status_code == 200
+    clock.fast_forward(hours=2)  # even a cookie replayed with a forged date would find its login expired
+    assert agent.get("/").status_code == 303
 
 
 def test_a_deactivated_member_of_staff_is_logged_out_at_once(services: Services, clients: dict[str, TestClient]) -> None:

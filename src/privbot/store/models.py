@@ -302,6 +302,22 @@ class Staff(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class ConsoleSession(Base):
+    """One staff login, so that logging out ends it on the server too.
+
+    The cookie is signed but cannot be recalled; it names this row by a random token
+    whose SHA-256 is all that is kept here, and a session counts only while its row is
+    not ended (logout) and younger than the cookie's lifetime."""
+
+    __tablename__ = "console_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    staff_id: Mapped[int] = mapped_column(ForeignKey("staff.id"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
 class TelegramChat(Base):
     """One Telegram chat's conversation with the bot, kept here (not in memory) so a
     restart resumes mid-conversation: the step, the pending request, the language, the

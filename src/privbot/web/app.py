@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
 SESSION_COOKIE = "privbot_session"
-SESSION_HOURS = 12
+SESSION_HOURS = auth.SESSION_HOURS
 
 #: refusals a person can act on: shown on the page they came from, nothing changed
 REFUSALS: tuple[type[Exception], ...] = (
@@ -294,19 +294,21 @@ class Console:
             return self.render(request, "login.html", status_code=429, staff=None, next=target, email=email,
                                error="Too many failed attempts. Wait a few minutes and try again.")
 
-        def check() -> Staff | None:
+        def check() -> tuple[Staff, str] | None:
             with self.services.db.transaction() as s:
-                return auth.authenticate(s, email, password)
+                staff = auth.authenticate(s, email, password)
+                return None if staff is None else (staff, auth.start_session(s, staff))
 
-        staff = await run_in_threadpool(check)
-        if staff is None:
+        found = await run_in_threadpool(check)
+        if found is None:
             self.throttle.failed(*keys)
             log.info("failed console login for %s", mask(email))
             return self.render(request, "login.html", status_code=401, staff=None, next=target, email=email,
                                error="Wrong address or password.")
+        staff, login = found
         self.throttle.succeeded(*keys)
         request.session.clear()  # a fresh session: no fixation, a new CSRF token
-        request.session.update({"sid": staff.id, "fp": auth.fingerprint(staff.password_hash), "csrf": auth.new_token()})
+        request.session.update({"sid": staff.id, "fp": auth.fingerprint(staff.password_hash), "csrf": auth.new_token(), "st": login})
         log.info("console login: %s (%s)", mask(staff.email), staff.role)
         return RedirectResponse(target, status_code=303)
 
@@ -426,6 +428,7 @@ class Console:
         return ctx.back("/staff", f"{person.email}: {person.role}, {'active' if person.active else 'deactivated'}.")
 
     def logout(self, ctx: Ctx) -> Response:
+        auth.end_session(ctx.db, ctx.request.session)  # ended on the server: a copy of the cookie is worth nothing now
         ctx.request.session.clear()
         return RedirectResponse("/login", status_code=303)
 

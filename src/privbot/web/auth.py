@@ -5,7 +5,9 @@ must come from a known, active member of staff with the right role, and every ch
 must come from a form the console itself served (CSRF).  Passwords are kept only as
 Argon2id hashes; the session is a signed cookie (itsdangerous, via Starlette's
 SessionMiddleware) that carries the staff id, a fingerprint of the password hash (a
-password change ends every other session) and the CSRF token.
+password change ends every other session), the CSRF token, and a random token naming
+the login's row in ``console_sessions`` (only its SHA-256 is stored): logging out ends
+that row, so a copy of the cookie is worth nothing afterwards.
 
 Roles are ranked: an approver may do what an agent does, an admin what an approver does.
 """
@@ -24,12 +26,12 @@ from pathlib import Path
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from privbot import audit, clock
 from privbot.config import Settings
-from privbot.store.models import Staff
+from privbot.store.models import ConsoleSession, Staff
 
 #: lowest to highest; each role may do everything the roles before it may
 ROLES: tuple[str, ...] = ("agent", "approver", "admin")
@@ -129,12 +131,51 @@ def authenticate(session: Session, email: str, password: str) -> Staff | None:
     return staff if check_password(staff.password_hash, password) else None
 
 
+#: how long a login lasts (the cookie's lifetime, and its row's)
+SESSION_HOURS = 12
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def start_session(session: Session, staff: Staff) -> str:
+    """A new login for ``staff``: its row, and the token the cookie carries to name it.
+    The member's logins older than a cookie can live are cleared on the way."""
+    now = clock.now()
+    session.execute(
+        delete(ConsoleSession).where(ConsoleSession.staff_id == staff.id, ConsoleSession.created_at < now - timedelta(hours=SESSION_HOURS))
+    )
+    token = new_token()
+    session.add(ConsoleSession(staff_id=staff.id, token_hash=_token_hash(token), created_at=now))
+    return token
+
+
+def end_session(session: Session, data: dict[str, object]) -> None:
+    """Logout: the login the cookie names counts no more, wherever the cookie is copied."""
+    token = data.get("st")
+    if isinstance(token, str):
+        session.execute(
+            update(ConsoleSession).where(ConsoleSession.token_hash == _token_hash(token), ConsoleSession.ended_at.is_(None)).values(ended_at=clock.now())
+        )
+
+
 def session_user(session: Session, data: dict[str, object]) -> StaffUser | None:
-    """The staff member a session cookie names, if still active with the same password."""
-    staff_id = data.get("sid")
-    if not isinstance(staff_id, int):
+    """The staff member a session cookie names, if still active with the same password,
+    and the login it names neither ended nor older than a cookie can live."""
+    staff_id, token = data.get("sid"), data.get("st")
+    if not isinstance(staff_id, int) or not isinstance(token, str):
         return None
-    staff = session.get(Staff, staff_id)
+    staff = session.scalar(
+        select(Staff)
+        .join(ConsoleSession, ConsoleSession.staff_id == Staff.id)
+        .where(
+            Staff.id == staff_id,
+            ConsoleSession.token_hash == _token_hash(token),
+            ConsoleSession.ended_at.is_(None),
+            ConsoleSession.created_at >= clock.now() - timedelta(hours=SESSION_HOURS),
+        )
+    )
     if staff is None or not staff.active or not hmac.compare_digest(str(data.get("fp", "")), fingerprint(staff.password_hash)):
         return None
     return StaffUser(staff.id, staff.email, staff.role)
