@@ -11,7 +11,7 @@ from datetime import timedelta
 
 import pytest
 from argon2 import PasswordHasher
-from sqlalchemy import select
+from sqlalchemy import func, select
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
@@ -19,7 +19,7 @@ from privbot import clock, replies
 from privbot.app import Services
 from privbot.domain import Channel, Classification, Inbound, Intent, Status
 from privbot.intake import intake
-from privbot.store.models import AuditEntry, ConsoleSession, Draft, OutboxItem, Staff, Ticket
+from privbot.store.models import AuditEntry, ConsoleSession, Draft, LoginFailure, OutboxItem, Staff, Ticket
 from privbot.web import actions, auth
 from privbot.web.app import SESSION_COOKIE, create_app
 
@@ -184,6 +184,24 @@ def test_login_refuses_a_wrong_password_and_throttles_guessing(app: object) -> N
     # without the login form's token nobody logs in at all
     fresh = TestClient(app, follow_redirects=False)  # type: ignore[arg-type]
     assert fresh.post("/login", data={"email": "bob@corp.example", "password": PASSWORD}).status_code == 403
+
+
+def test_guessing_is_counted_by_every_node_and_survives_a_restart(app: object, services: Services, frozen_clock: object) -> None:
+    guesser = TestClient(app, follow_redirects=False)  # type: ignore[arg-type]
+    token = csrf_of(guesser.get("/login").text)
+    for _ in range(5):
+        assert guesser.post("/login", data={"email": "anna@corp.example", "password": "guess", "csrf": token}).status_code == 401
+    other_node = TestClient(create_app(services), follow_redirects=False)  # another process on the same database
+    token = csrf_of(other_node.get("/login").text)
+    right = {"email": "anna@corp.example", "password": PASSWORD, "csrf": token}
+    assert other_node.post("/login", data=right).status_code == 429
+    with services.db.transaction() as s:
+        kept = [f.key_hash for f in s.scalars(select(LoginFailure))]
+    assert len(kept) == 10 and not any("anna" in k or "testclient" in k for k in kept)  # address and client as hashes
+    clock.fast_forward(minutes=16)  # the window has passed
+    assert other_node.post("/login", data=right).status_code == 303
+    with services.db.transaction() as s:
+        assert s.scalar(select(func.count()).select_from(LoginFailure)) == 0  # a success forgets that key's failures
 
 
 def test_login_goes_back_only_to_a_page_of_the_console(app: object) -> None:

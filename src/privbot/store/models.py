@@ -318,6 +318,19 @@ class ConsoleSession(Base):
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
+class LoginFailure(Base):
+    """A failed console login, counted against the address tried and the client that
+    tried it (each key kept as a SHA-256): the login throttle, the same for every node
+    on one database and kept across restarts.  Rows older than the throttle's window
+    are deleted at the next failure."""
+
+    __tablename__ = "login_failures"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key_hash: Mapped[str] = mapped_column(String(64), index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
 class TelegramChat(Base):
     """One Telegram chat's conversation with the bot, kept here (not in memory) so a
     restart resumes mid-conversation: the step, the pending request, the language, the

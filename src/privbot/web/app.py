@@ -289,24 +289,27 @@ class Console:
             return self._refuse(request, None, 403, "This form has expired or did not come from the console. Reload the page and try again.")
         client = request.client.host if request.client else "?"
         keys = (f"addr:{email}", f"client:{client}")
-        if self.throttle.blocked(*keys):
+
+        def check() -> tuple[str, Staff | None, str]:
+            with self.services.db.transaction() as s:
+                if self.throttle.blocked(s, *keys):  # before the password hash: guessing costs us nothing
+                    return "throttled", None, ""
+                staff = auth.authenticate(s, email, password)
+                if staff is None:
+                    self.throttle.failed(s, *keys)
+                    return "failed", None, ""
+                self.throttle.succeeded(s, *keys)
+                return "ok", staff, auth.start_session(s, staff)
+
+        outcome, staff, login = await run_in_threadpool(check)
+        if outcome == "throttled":
             log.warning("login throttled for %s", mask(email))
             return self.render(request, "login.html", status_code=429, staff=None, next=target, email=email,
                                error="Too many failed attempts. Wait a few minutes and try again.")
-
-        def check() -> tuple[Staff, str] | None:
-            with self.services.db.transaction() as s:
-                staff = auth.authenticate(s, email, password)
-                return None if staff is None else (staff, auth.start_session(s, staff))
-
-        found = await run_in_threadpool(check)
-        if found is None:
-            self.throttle.failed(*keys)
+        if staff is None:
             log.info("failed console login for %s", mask(email))
             return self.render(request, "login.html", status_code=401, staff=None, next=target, email=email,
                                error="Wrong address or password.")
-        staff, login = found
-        self.throttle.succeeded(*keys)
         request.session.clear()  # a fresh session: no fixation, a new CSRF token
         request.session.update({"sid": staff.id, "fp": auth.fingerprint(staff.password_hash), "csrf": auth.new_token(), "st": login})
         log.info("console login: %s (%s)", mask(staff.email), staff.role)

@@ -18,8 +18,6 @@ import hashlib
 import hmac
 import os
 import secrets
-import threading
-from collections import deque
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -31,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from privbot import audit, clock
 from privbot.config import Settings
-from privbot.store.models import ConsoleSession, Staff
+from privbot.store.models import ConsoleSession, LoginFailure, Staff
 
 #: lowest to highest; each role may do everything the roles before it may
 ROLES: tuple[str, ...] = ("agent", "approver", "admin")
@@ -207,34 +205,32 @@ def load_secret(settings: Settings) -> str:
 
 class Throttle:
     """At most ``limit`` failed logins per key (address, client) in ``window``; then the
-    key is refused until its oldest failure leaves the window.  Per process, in memory:
-    enough to make guessing slow, and a restart forgives no more than a window would."""
+    key is refused until its oldest failure leaves the window.  Counted in the database
+    (``login_failures``), so every node behind a load balancer sees the same guesses and
+    a restart forgives nothing; the keys are kept only as SHA-256."""
 
     def __init__(self, limit: int = 5, window: timedelta = timedelta(minutes=15)) -> None:
         self.limit, self.window = limit, window
-        self._failures: dict[str, deque[object]] = {}
-        self._lock = threading.Lock()
 
-    def _recent(self, key: str) -> deque[object]:
-        cutoff = clock.now() - self.window
-        q = self._failures.setdefault(key, deque())
-        while q and q[0] < cutoff:  # type: ignore[operator]
-            q.popleft()
-        return q
+    def blocked(self, session: Session, *keys: str) -> bool:
+        counts = session.execute(
+            select(LoginFailure.key_hash, func.count())
+            .where(LoginFailure.key_hash.in_([_key_hash(k) for k in keys]), LoginFailure.at >= clock.now() - self.window)
+            .group_by(LoginFailure.key_hash)
+        )
+        return any(n >= self.limit for _key, n in counts)
 
-    def blocked(self, *keys: str) -> bool:
-        with self._lock:
-            return any(len(self._recent(k)) >= self.limit for k in keys)
+    def failed(self, session: Session, *keys: str) -> None:
+        now = clock.now()
+        session.execute(delete(LoginFailure).where(LoginFailure.at < now - self.window))
+        session.add_all([LoginFailure(key_hash=_key_hash(k), at=now) for k in keys])
 
-    def failed(self, *keys: str) -> None:
-        with self._lock:
-            for k in keys:
-                self._recent(k).append(clock.now())
+    def succeeded(self, session: Session, *keys: str) -> None:
+        session.execute(delete(LoginFailure).where(LoginFailure.key_hash.in_([_key_hash(k) for k in keys])))
 
-    def succeeded(self, *keys: str) -> None:
-        with self._lock:
-            for k in keys:
-                self._failures.pop(k, None)
+
+def _key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def read_password() -> str:
