@@ -207,9 +207,9 @@ def read_pipelined(conn: Connection, queries: list[tuple[Executable, dict[str, A
     deliveries, fetch ids).  Under load every wait for an answer also costs the caller
     its turn for a core, and a group's four round trips used to cost more than its
     INSERTs.  The server runs them in order, so a query sent after a lock runs holding
-    it.  Each query
-    is compiled once; its parameters go to the driver as they are (plain values: text,
-    numbers and lists of them).  Errors are raised as SQLAlchemy raises them."""
+    it.  Each query is compiled once; its parameters go to the driver as they are
+    (plain values: text, numbers and lists of them).  Errors are raised as SQLAlchemy
+    raises them."""
     driver = conn.connection.driver_connection
     compiled = [_compiled_query(conn.dialect, query, params) for query, params in queries]
     sql, params = compiled[0]

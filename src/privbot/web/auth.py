@@ -133,8 +133,9 @@ def authenticate(session: Session, email: str, password: str) -> Staff | None:
 SESSION_HOURS = 12
 
 
-def _token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+def _digest(text: str) -> str:
+    """What is kept of a login's token or a throttle key: its SHA-256."""
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def start_session(session: Session, staff: Staff) -> str:
@@ -145,7 +146,7 @@ def start_session(session: Session, staff: Staff) -> str:
         delete(ConsoleSession).where(ConsoleSession.staff_id == staff.id, ConsoleSession.created_at < now - timedelta(hours=SESSION_HOURS))
     )
     token = new_token()
-    session.add(ConsoleSession(staff_id=staff.id, token_hash=_token_hash(token), created_at=now))
+    session.add(ConsoleSession(staff_id=staff.id, token_hash=_digest(token), created_at=now))
     return token
 
 
@@ -154,7 +155,7 @@ def end_session(session: Session, data: dict[str, object]) -> None:
     token = data.get("st")
     if isinstance(token, str):
         session.execute(
-            update(ConsoleSession).where(ConsoleSession.token_hash == _token_hash(token), ConsoleSession.ended_at.is_(None)).values(ended_at=clock.now())
+            update(ConsoleSession).where(ConsoleSession.token_hash == _digest(token), ConsoleSession.ended_at.is_(None)).values(ended_at=clock.now())
         )
 
 
@@ -169,7 +170,7 @@ def session_user(session: Session, data: dict[str, object]) -> StaffUser | None:
         .join(ConsoleSession, ConsoleSession.staff_id == Staff.id)
         .where(
             Staff.id == staff_id,
-            ConsoleSession.token_hash == _token_hash(token),
+            ConsoleSession.token_hash == _digest(token),
             ConsoleSession.ended_at.is_(None),
             ConsoleSession.created_at >= clock.now() - timedelta(hours=SESSION_HOURS),
         )
@@ -215,7 +216,7 @@ class Throttle:
     def blocked(self, session: Session, *keys: str) -> bool:
         counts = session.execute(
             select(LoginFailure.key_hash, func.count())
-            .where(LoginFailure.key_hash.in_([_key_hash(k) for k in keys]), LoginFailure.at >= clock.now() - self.window)
+            .where(LoginFailure.key_hash.in_([_digest(k) for k in keys]), LoginFailure.at >= clock.now() - self.window)
             .group_by(LoginFailure.key_hash)
         )
         return any(n >= self.limit for _key, n in counts)
@@ -223,14 +224,10 @@ class Throttle:
     def failed(self, session: Session, *keys: str) -> None:
         now = clock.now()
         session.execute(delete(LoginFailure).where(LoginFailure.at < now - self.window))
-        session.add_all([LoginFailure(key_hash=_key_hash(k), at=now) for k in keys])
+        session.add_all([LoginFailure(key_hash=_digest(k), at=now) for k in keys])
 
     def succeeded(self, session: Session, *keys: str) -> None:
-        session.execute(delete(LoginFailure).where(LoginFailure.key_hash.in_([_key_hash(k) for k in keys])))
-
-
-def _key_hash(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
+        session.execute(delete(LoginFailure).where(LoginFailure.key_hash.in_([_digest(k) for k in keys])))
 
 
 def read_password() -> str:
