@@ -5,6 +5,7 @@ whole commits nothing, so the channel can take its messages one at a time."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import event, func, select
@@ -70,6 +71,24 @@ def test_ticket_references_stay_dense_when_a_group_repeats_earlier_deliveries(se
     ]
     after = receive_email(services, raw(5))
     assert after is not None and after.ticket_ref == "PRIV-000005"  # no gap left behind
+
+
+def test_a_groups_commit_rides_with_its_inserts(services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    if services.db.dialect != "postgresql":
+        pytest.skip("PostgreSQL: SQLite has no round trip to save")
+    dialect = services.db.engine.dialect
+    real_commit = dialect.do_commit
+    open_at_commit: list[str] = []
+
+    def do_commit(dbapi_conn: Any) -> None:
+        open_at_commit.append(dbapi_conn.driver_connection.info.transaction_status.name)
+        real_commit(dbapi_conn)
+
+    monkeypatch.setattr(dialect, "do_commit", do_commit)
+    first = receive_emails(services, [raw(0), raw(1)], sources=["smtp", "smtp"])
+    assert first is not None and [r.action for r in first] == ["opened", "opened"]
+    assert open_at_commit == ["IDLE"]  # COMMIT went with the INSERTs: nothing left to send
+    assert counts(services) == (2, 2, 0)
 
 
 def test_a_group_with_a_failing_message_commits_nothing_and_each_message_then_goes_alone(

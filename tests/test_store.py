@@ -12,7 +12,8 @@ from sqlalchemy import create_engine, func, select, text, update
 
 from privbot import audit, clock, outbox
 from privbot.app import Services
-from privbot.store.models import AuditEntry, Base, DeliveryAttempt, OutboxItem
+from privbot.store import bulk
+from privbot.store.models import AuditEntry, Base, DeliveryAttempt, OutboxItem, Ticket
 from tests.conftest import PG_BASE
 
 
@@ -184,3 +185,29 @@ def test_a_pooled_connection_the_server_dropped_while_idle_is_replaced_before_us
             assert session.scalar(select(func.count(AuditEntry.id))) == 0
     finally:
         database.dispose()
+
+
+def test_a_commit_sent_with_the_inserts_never_leaves_a_pending_update_behind(services: Services) -> None:
+    """PostgreSQL: a transaction that announces its commit (bulk.commit_with_inserts) has
+    COMMIT sent with its INSERTs only when nothing else waits to be written; an UPDATE
+    still pending goes first, in the same transaction (the rows share PostgreSQL's xmin)."""
+    if services.db.dialect != "postgresql":
+        pytest.skip("PostgreSQL: SQLite has no round trip to save")
+    now = clock.now()
+    with services.db.transaction() as s:
+        ticket = Ticket(intent="access", intents=["access"], status="received", channel="email", requester="ann@example.org",
+                        language="en", received_at=now, due_at=now + timedelta(days=30), updated_at=now)
+        s.add(ticket)
+        s.flush()
+        ticket_id = ticket.id
+    with services.db.transaction() as s:
+        changed = s.get(Ticket, ticket_id)
+        assert changed is not None
+        changed.status = "triage"  # an UPDATE the unit of work writes at the commit's flush
+        entry_id = audit.record(s, "status_changed", ticket_id=ticket_id).id  # a row the bulk writer INSERTs
+        bulk.commit_with_inserts(s)
+    with services.db.transaction() as s:
+        ticket_xmin = s.scalar(text("SELECT xmin::text FROM tickets WHERE id = :i"), {"i": ticket_id})
+        entry_xmin = s.scalar(text("SELECT xmin::text FROM audit WHERE id = :i"), {"i": entry_id})
+        assert s.scalar(select(Ticket.status).where(Ticket.id == ticket_id)) == "triage"
+    assert ticket_xmin == entry_xmin  # one transaction, not a COMMIT and then the UPDATE

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from privbot import audit, clock, deadlines, replies, verify
 from privbot.domain import Classification, Inbound, IntakeResult, Intent, Status, parse_ref
 from privbot.store import ids
-from privbot.store.bulk import read_pipelined
+from privbot.store.bulk import commit_with_inserts, read_pipelined
 from privbot.store.models import Draft, Message, OutboxItem, Ticket
 
 if TYPE_CHECKING:
@@ -455,9 +455,12 @@ def receive_emails(services: Services, raws: Sequence[bytes], *, sources: Sequen
                     known_requesters.add(value)
             session.info[_GROUP] = _GroupRequesters(session.get_transaction(), requesters, requesters - known_requesters)
             try:
-                return [_intake(services, session, inbound, key, c, seen) for inbound, key, c in zip(inbounds, keys, classifications, strict=True)]
+                results = [_intake(services, session, inbound, key, c, seen) for inbound, key, c in zip(inbounds, keys, classifications, strict=True)]
             finally:
                 session.info.pop(_GROUP, None)
+            if session.get_bind().dialect.name == "postgresql":
+                commit_with_inserts(session)  # one round trip for the rows and the commit
+            return results
     except DatabaseUnavailable:
         raise
     except Exception as exc:  # rolled back whole: the caller retries one by one

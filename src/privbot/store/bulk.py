@@ -167,6 +167,8 @@ def write_new(session: Session) -> int:
             params = [tuple(values) if positional else dict(zip(keys, values, strict=True)) for values in converted]
             statements.append((sql, params if len(params) > 1 else params[0]))
     if postgresql:
+        if _commit_follows(session, by_class):
+            statements.append(("COMMIT", ()))  # the commit under way sends nothing more
         _pipelined(conn, statements)
     else:
         for sql, params in statements:
@@ -177,6 +179,29 @@ def write_new(session: Session) -> int:
     # cascades cost more than the INSERTs.
     session._register_persistent({instance_state(obj) for obj in new})
     return len(new)
+
+
+#: session.info key: the transaction whose commit may go with its INSERTs (see below)
+COMMIT_WITH_INSERTS = "privbot.bulk.commit_with_inserts"
+
+
+def commit_with_inserts(session: Session) -> None:
+    """PostgreSQL: this transaction has done all it will do, and is about to commit: the
+    flush of that commit may send COMMIT in the same round trip as the INSERTs (a
+    group of incoming messages, whose commit is the wait every sender hears last).  The
+    driver then finds the transaction ended and sends nothing when SQLAlchemy commits."""
+    session.info[COMMIT_WITH_INSERTS] = session.get_transaction()
+
+
+def _commit_follows(session: Session, by_class: dict[type, list[Any]]) -> bool:
+    """Whether this flush is the commit :func:`commit_with_inserts` announced, with
+    nothing to write but the rows here: an UPDATE or DELETE still to come, or another
+    table's new row, must not land after the COMMIT."""
+    announced = session.info.pop(COMMIT_WITH_INSERTS, None)
+    if announced is None or announced is not session.get_transaction():
+        return False
+    written = sum(len(objs) for objs in by_class.values())
+    return not session.dirty and not session.deleted and len(session.new) == written
 
 
 def _pipelined(conn: Connection, statements: list[tuple[str, Any]]) -> None:
