@@ -320,9 +320,9 @@ class ConsoleSession(Base):
 
 class LoginFailure(Base):
     """A failed console login, counted against the address tried and the client that
-    tried it (each key kept as a SHA-256): the login throttle, the same for every node
-    on one database and kept across restarts.  Rows older than the throttle's window
-    are deleted at the next failure."""
+    tried it (each key kept as an HMAC under the console's secret): the login throttle,
+    the same for every node on one database and kept across restarts.  Rows older than
+    the throttle's window are deleted at the next failure."""
 
     __tablename__ = "login_failures"
 

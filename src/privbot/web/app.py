@@ -153,7 +153,7 @@ class Console:
     def __init__(self, services: Any) -> None:
         self.services = services
         self.settings = services.settings
-        self.throttle = auth.Throttle()
+        self.throttle = auth.Throttle(auth.load_secret(services.settings))
         self.env = Environment(
             loader=FileSystemLoader(str(HERE / "templates")),
             autoescape=select_autoescape(default=True, default_for_string=True),

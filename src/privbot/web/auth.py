@@ -134,7 +134,7 @@ SESSION_HOURS = 12
 
 
 def _digest(text: str) -> str:
-    """What is kept of a login's token or a throttle key: its SHA-256."""
+    """What is kept of a login's token (random, so a plain SHA-256 gives nothing away)."""
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -208,15 +208,21 @@ class Throttle:
     """At most ``limit`` failed logins per key (address, client) in ``window``; then the
     key is refused until its oldest failure leaves the window.  Counted in the database
     (``login_failures``), so every node behind a load balancer sees the same guesses and
-    a restart forgives nothing; the keys are kept only as SHA-256."""
+    a restart forgives nothing.  A key is kept only as an HMAC under the console's secret
+    (an address or an IP address hashed plainly could be found again by trying them all);
+    nodes that share sessions share the secret, and so the keys."""
 
-    def __init__(self, limit: int = 5, window: timedelta = timedelta(minutes=15)) -> None:
+    def __init__(self, secret: str, limit: int = 5, window: timedelta = timedelta(minutes=15)) -> None:
+        self._secret = secret.encode()
         self.limit, self.window = limit, window
+
+    def _keyed(self, keys: tuple[str, ...]) -> list[str]:
+        return [hmac.new(self._secret, k.encode(), hashlib.sha256).hexdigest() for k in keys]
 
     def blocked(self, session: Session, *keys: str) -> bool:
         counts = session.execute(
             select(LoginFailure.key_hash, func.count())
-            .where(LoginFailure.key_hash.in_([_digest(k) for k in keys]), LoginFailure.at >= clock.now() - self.window)
+            .where(LoginFailure.key_hash.in_(self._keyed(keys)), LoginFailure.at >= clock.now() - self.window)
             .group_by(LoginFailure.key_hash)
         )
         return any(n >= self.limit for _key, n in counts)
@@ -224,10 +230,10 @@ class Throttle:
     def failed(self, session: Session, *keys: str) -> None:
         now = clock.now()
         session.execute(delete(LoginFailure).where(LoginFailure.at < now - self.window))
-        session.add_all([LoginFailure(key_hash=_digest(k), at=now) for k in keys])
+        session.add_all([LoginFailure(key_hash=k, at=now) for k in self._keyed(keys)])
 
     def succeeded(self, session: Session, *keys: str) -> None:
-        session.execute(delete(LoginFailure).where(LoginFailure.key_hash.in_([_digest(k) for k in keys])))
+        session.execute(delete(LoginFailure).where(LoginFailure.key_hash.in_(self._keyed(keys))))
 
 
 def read_password() -> str:
