@@ -198,6 +198,19 @@ def test_a_message_shunted_by_a_fault_is_answered_once_reprocessed_and_only_once
         assert entry.detail == {"shunt": kept.id, "ticket": result.ticket_ref, "outcome": "opened"}
 
 
+def test_a_shunted_messages_error_text_stays_with_it_and_out_of_the_audit_trail_and_log(
+    services: Services, caplog: pytest.LogCaptureFixture
+) -> None:
+    from privbot import shunt
+
+    kept = shunt.keep(services, b"raw bytes", "ValueError: bad header from carol@example.org", source="smtp")
+    with services.db.transaction() as s:
+        assert "carol@example.org" in s.get(Shunted, kept).error  # for the person who re-runs it
+        entry = s.scalars(select(AuditEntry).where(AuditEntry.action == "shunted")).one()
+        assert entry.detail["error"] == "ValueError"
+    assert "carol" not in caplog.text and "ValueError" in caplog.text
+
+
 def test_forged_authentication_results_sent_straight_to_smtp_prove_nothing(services: Services, smtp_port: int) -> None:
     forged = make_mail(
         "Please stop sending me marketing emails.",
