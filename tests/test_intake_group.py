@@ -91,6 +91,19 @@ def test_a_groups_commit_rides_with_its_inserts(services: Services, monkeypatch:
     assert counts(services) == (2, 2, 0)
 
 
+def test_a_group_of_automatic_replies_only_opens_nothing_and_answers_nothing(services: Services) -> None:
+    # No message of the group may open a ticket: on PostgreSQL the first round trip then
+    # asks for no ticket ids at all (an empty list of deliveries to count).
+    out_of_office = [bytes(make_mail("I am out of the office until Monday.", sender=f"away{i}@example.org",
+                                     message_id=f"<ooo-{i}@example.org>", headers={"Auto-Submitted": "auto-replied"}))
+                     for i in range(3)]
+    results = receive_emails(services, out_of_office, sources=["smtp"] * 3)
+    assert results is not None and [r.action for r in results] == ["auto_reply"] * 3
+    assert counts(services) == (0, 0, 0)
+    after = receive_email(services, raw(0))
+    assert after is not None and after.ticket_ref == "PRIV-000001"  # no ticket id was taken by the group
+
+
 def test_a_group_with_a_failing_message_commits_nothing_and_each_message_then_goes_alone(
     services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
