@@ -305,22 +305,23 @@ class _GroupRequesters:
         self.alone = alone  # who had no ticket before this group (asked at its start)
 
 
-#: One query for a group: ``("k", dedupe key, ticket id)`` for each delivery already
-#: recorded, ``("r", requester, None)`` for each requester who has a ticket.  Built once
-#: (building the expression per group cost more than running it).
-_GROUP_LOOKUP = union_all(
-    select(literal_column("'k'"), Message.dedupe_key, Message.ticket_id).where(Message.dedupe_key.in_(bindparam("keys", expanding=True))),
-    select(literal_column("'r'"), Ticket.requester, cast(null(), Integer))
-    .where(Ticket.requester.in_(bindparam("requesters", expanding=True)))
-    .distinct(),
+def _group_lookup(recorded: Any, with_tickets: Any) -> Any:
+    """One query for a group: ``("k", dedupe key, ticket id)`` for each delivery already
+    recorded, ``("r", requester, None)`` for each requester who has a ticket."""
+    return union_all(
+        select(literal_column("'k'"), Message.dedupe_key, Message.ticket_id).where(recorded),
+        select(literal_column("'r'"), Ticket.requester, cast(null(), Integer)).where(with_tickets).distinct(),
+    )
+
+
+#: Built once (building the expression per group cost more than running it): with
+#: expanding lists on SQLite, and with arrays on PostgreSQL — one statement whatever the
+#: group's size, sent as it is in the group's first round trip (:func:`_take_group_postgresql`).
+_GROUP_LOOKUP = _group_lookup(
+    Message.dedupe_key.in_(bindparam("keys", expanding=True)), Ticket.requester.in_(bindparam("requesters", expanding=True))
 )
-#: The same for PostgreSQL, with arrays: one statement whatever the group's size, sent
-#: as it is in the group's first round trip (:func:`_take_group_postgresql`).
-_GROUP_LOOKUP_PG = union_all(
-    select(literal_column("'k'"), Message.dedupe_key, Message.ticket_id).where(Message.dedupe_key == any_(bindparam("keys", type_=ARRAY(String)))),
-    select(literal_column("'r'"), Ticket.requester, cast(null(), Integer))
-    .where(Ticket.requester == any_(bindparam("requesters", type_=ARRAY(String))))
-    .distinct(),
+_GROUP_LOOKUP_PG = _group_lookup(
+    Message.dedupe_key == any_(bindparam("keys", type_=ARRAY(String))), Ticket.requester == any_(bindparam("requesters", type_=ARRAY(String)))
 )
 #: PostgreSQL: one ticket id for each of ``keys`` (the deliveries that may open a ticket)
 #: not yet recorded — counted by the database in the same round trip as the lookup, so
@@ -436,7 +437,8 @@ def receive_emails(services: Services, raws: Sequence[bytes], *, sources: Sequen
             keys = [dedupe_key(inbound) for inbound in inbounds]
             requesters = {inbound.sender[:320] for inbound in inbounds}
             lookup = {"keys": sorted(set(keys)), "requesters": sorted(requesters)}
-            if session.get_bind().dialect.name == "postgresql":
+            postgresql = session.get_bind().dialect.name == "postgresql"
+            if postgresql:
                 # What each new request writes (its ticket, message and the answer's copy,
                 # a draft, an outbox row, a challenge, audit entries), fetched at once:
                 # ids left unused are gaps, except tickets', counted exactly.
@@ -458,7 +460,7 @@ def receive_emails(services: Services, raws: Sequence[bytes], *, sources: Sequen
                 results = [_intake(services, session, inbound, key, c, seen) for inbound, key, c in zip(inbounds, keys, classifications, strict=True)]
             finally:
                 session.info.pop(_GROUP, None)
-            if session.get_bind().dialect.name == "postgresql":
+            if postgresql:
                 commit_with_inserts(session)  # one round trip for the rows and the commit
             return results
     except DatabaseUnavailable:

@@ -51,7 +51,6 @@ log = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
 SESSION_COOKIE = "privbot_session"
-SESSION_HOURS = auth.SESSION_HOURS
 
 #: refusals a person can act on: shown on the page they came from, nothing changed
 REFUSALS: tuple[type[Exception], ...] = (
@@ -481,7 +480,7 @@ def create_app(services: Any) -> Starlette:
             Middleware(SecurityHeaders),
             Middleware(
                 SessionMiddleware, secret_key=auth.load_secret(services.settings), session_cookie=SESSION_COOKIE,
-                max_age=SESSION_HOURS * 3600, same_site="lax", https_only=https,
+                max_age=auth.SESSION_HOURS * 3600, same_site="lax", https_only=https,
             ),
         ],
         exception_handlers={404: not_found, _NotFound: not_found},
