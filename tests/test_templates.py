@@ -62,3 +62,33 @@ def test_a_misspelt_variable_is_an_error_not_a_blank(tmp_path) -> None:  # type:
 
     with pytest.raises(UndefinedError):
         Renderer(tmp_path).render("acknowledgement", "en", **context())
+
+
+def test_an_officers_edit_and_new_language_take_effect_within_the_recheck_interval(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import time
+
+    from privbot import replies
+
+    folder = tmp_path / "acknowledgement"
+    folder.mkdir()
+    (folder / "en.subject").write_text("[{{ ref }}] received")
+    (folder / "en.txt").write_text("Old wording {{ ref }}")
+    renderer = Renderer(tmp_path)
+    assert renderer.render("acknowledgement", "de", **context()).text == "Old wording PRIV-000042"
+
+    (folder / "en.txt").write_text("New wording {{ ref }}")
+    (folder / "de.subject").write_text("[{{ ref }}] erhalten")
+    (folder / "de.txt").write_text("Neu {{ ref }}")
+    (folder / "en.html").write_text("<p>{{ ref }}</p>")
+    for path in folder.iterdir():  # a later mtime than the first reading, however coarse the file system's
+        os.utime(path, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
+    os.utime(folder, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
+    # Within the interval the templates already read are used as they were ...
+    assert renderer.render("acknowledgement", "en", **context()).text == "Old wording PRIV-000042"
+    # ... and once it has passed, the edit, the new language and the new HTML part are there.
+    monkeypatch.setattr(replies, "RECHECK_SECONDS", 0.0)
+    assert renderer.render("acknowledgement", "en", **context()).text == "New wording PRIV-000042"
+    assert renderer.render("acknowledgement", "en", **context()).html == "<p>PRIV-000042</p>"
+    german = renderer.render("acknowledgement", "de", **context())
+    assert (german.language, german.text) == ("de", "Neu PRIV-000042")

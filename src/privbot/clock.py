@@ -16,10 +16,9 @@ _frozen: datetime | None = None
 
 def now() -> datetime:
     """The current time, timezone-aware, in UTC."""
-    with _lock:
-        if _frozen is not None:
-            return _frozen
-    return datetime.now(UTC)
+    # One read of the module global (atomic): freeze() and fast_forward() replace it whole.
+    frozen = _frozen
+    return frozen if frozen is not None else datetime.now(UTC)
 
 
 def freeze(at: datetime | None = None) -> datetime:

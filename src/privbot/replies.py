@@ -8,13 +8,14 @@ so ``{{ 7*7 }}`` written by a requester stays those characters.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
-from jinja2 import FileSystemLoader, StrictUndefined, TemplateNotFound, select_autoescape
+from jinja2 import FileSystemLoader, StrictUndefined, Template, TemplateNotFound, select_autoescape
 from jinja2.sandbox import SandboxedEnvironment
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -27,6 +28,9 @@ from privbot.store import ids
 from privbot.store.models import Draft, Message, OutboxItem, Ticket
 
 DEFAULT_LANGUAGE = "en"
+#: how often a template's file, and a template folder, are looked at again for an
+#: officer's edits (an edit takes effect within this many seconds)
+RECHECK_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -47,22 +51,46 @@ class Renderer:
             keep_trailing_newline=True,
         )
         self.env.filters["date"] = _format_date
-        self._languages: dict[str, tuple[int, list[str]]] = {}
+        #: name -> (when the folder was last looked at, its mtime, languages)
+        self._languages: dict[str, tuple[float, int, list[str]]] = {}
+        #: template path -> (when it was last checked, the template or None when missing)
+        self._templates: dict[str, tuple[float, Template | None]] = {}
 
     def languages(self, name: str) -> list[str]:
         """The languages ``name`` has a text template in.  Remembered until the folder
         changes (adding or removing a file changes its mtime), so an officer's new
-        language is picked up at once without listing the folder for every message."""
+        language is picked up without listing the folder for every message."""
+        now = time.monotonic()
+        cached = self._languages.get(name)
+        if cached is not None and now - cached[0] < RECHECK_SECONDS:
+            return list(cached[2])
         folder = self.dir / name
         try:
             mtime = folder.stat().st_mtime_ns
         except OSError:
+            self._languages.pop(name, None)
             return []
-        cached = self._languages.get(name)
-        if cached is None or cached[0] != mtime:
+        if cached is None or cached[1] != mtime:
             found = sorted(p.name.split(".")[0] for p in folder.glob("*.txt")) if folder.is_dir() else []
-            cached = self._languages[name] = (mtime, found)
-        return list(cached[1])
+        else:
+            found = cached[2]
+        self._languages[name] = (now, mtime, found)
+        return list(found)
+
+    def _template(self, path: str) -> Template | None:
+        """The compiled template at ``path`` (None if there is none).  Jinja checks a
+        template's file for changes on every lookup — three ``stat`` calls for every
+        reply drafted; here it is asked at most once every :data:`RECHECK_SECONDS`."""
+        now = time.monotonic()
+        cached = self._templates.get(path)
+        if cached is not None and now - cached[0] < RECHECK_SECONDS:
+            return cached[1]
+        try:
+            template: Template | None = self.env.get_template(path)
+        except TemplateNotFound:
+            template = None
+        self._templates[path] = (now, template)
+        return template
 
     def pick_language(self, name: str, wanted: str) -> str:
         available = self.languages(name)
@@ -77,13 +105,17 @@ class Renderer:
     def render(self, name: str, language: str, **context: Any) -> Rendered:
         lang = self.pick_language(name, language)
         ctx = {"lang": lang, **context}
-        subject = header_safe(self.env.get_template(f"{name}/{lang}.subject").render(ctx), 500)
-        text = self.env.get_template(f"{name}/{lang}.txt").render(ctx)
-        try:
-            html = self.env.get_template(f"{name}/{lang}.html").render(ctx)
-        except TemplateNotFound:
-            html = ""
+        subject = header_safe(self._required(f"{name}/{lang}.subject").render(ctx), 500)
+        text = self._required(f"{name}/{lang}.txt").render(ctx)
+        html_template = self._template(f"{name}/{lang}.html")
+        html = html_template.render(ctx) if html_template is not None else ""
         return Rendered(subject, text, html, lang)
+
+    def _required(self, path: str) -> Template:
+        template = self._template(path)
+        if template is None:
+            raise TemplateNotFound(path)
+        return template
 
 
 def _format_date(value: datetime, lang: str = "en") -> str:
