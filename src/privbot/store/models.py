@@ -89,7 +89,7 @@ class Ticket(Base):
     confidence: Mapped[float] = mapped_column(Float, default=0.0)
     cues: Mapped[list[str]] = mapped_column(JSON, default=list)
     language: Mapped[str] = mapped_column(String(8), default="en")
-    status: Mapped[str] = mapped_column(String(32), index=True)
+    status: Mapped[str] = mapped_column(String(32))  # indexed by ix_tickets_status_due (status first)
     channel: Mapped[str] = mapped_column(String(16))
     requester: Mapped[str] = mapped_column(String(320), index=True)
     requester_name: Mapped[str] = mapped_column(String(200), default="")
