@@ -147,6 +147,41 @@ def test_rows_written_in_bulk_read_back_with_their_defaults_and_stay_tracked(ser
         assert audit.verify_chain(s).ok
 
 
+def test_a_row_added_without_the_cascade_still_brings_along_a_parent_set_on_it(services: Services) -> None:
+    """The intake adds its new rows without Session.add's cascade walk (store.bulk.add_new);
+    a row that does carry a related object must still bring it along, and a rollback
+    must leave nothing behind."""
+    from privbot.store.bulk import add_new
+    from privbot.store.models import Message, Ticket
+
+    now = clock.now()
+
+    def message(key: str) -> Message:
+        return Message.new_row(direction="in", kind="request", channel="email", dedupe_key=key, sender="bo@example.org",
+                               subject="s", body="b", new_text="b", created_at=now)
+
+    with services.db.transaction() as s:
+        ticket = Ticket.new_row(intent="access", status="received", channel="email", requester="bo@example.org",
+                                received_at=now, due_at=now + timedelta(days=30), updated_at=now)
+        child = message("k-with-ticket")
+        child.ticket = ticket  # the ticket itself is never added
+        add_new(s, child)
+        add_new(s, message("k-alone"))
+    with services.db.transaction() as s:
+        tid = s.scalar(select(Message.ticket_id).where(Message.dedupe_key == "k-with-ticket"))
+        assert tid is not None
+        found = s.get(Ticket, tid)
+        assert found is not None and found.requester == "bo@example.org"
+        assert s.scalar(select(Message.ticket_id).where(Message.dedupe_key == "k-alone")) is None
+        assert s.scalar(select(func.count(Message.id)).where(Message.dedupe_key == "k-alone")) == 1
+    with pytest.raises(RuntimeError), services.db.transaction() as s:
+        add_new(s, message("k-rolled-back"))
+        s.flush()
+        raise RuntimeError("the transaction fails after the INSERT")
+    with services.db.transaction() as s:
+        assert s.scalar(select(func.count(Message.id)).where(Message.dedupe_key == "k-rolled-back")) == 0
+
+
 def test_ids_handed_out_in_one_transaction_never_collide_with_the_next(services: Services) -> None:
     from privbot.store import ids
     from privbot.store.models import Ticket

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from privbot import clock
 from privbot.store import ids
+from privbot.store.bulk import add_new
 from privbot.store.models import AuditEntry
 
 GENESIS = "0" * 64
@@ -52,7 +53,7 @@ def record(session: Session, action: str, *, actor: str = "privbot", ticket_id: 
     )
     entry.hash = hashlib.sha256(entry.canonical().encode()).hexdigest()
     entry.id = ids.next_id(session, "audit")
-    session.add(entry)
+    add_new(session, entry)
     session.info[_TAIL] = (session.get_transaction(), entry.hash, entry)
     return entry
 

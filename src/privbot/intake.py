@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from privbot import audit, clock, deadlines, replies, verify
 from privbot.domain import Classification, Inbound, IntakeResult, Intent, Status, parse_ref
 from privbot.store import ids
-from privbot.store.bulk import commit_with_inserts, read_pipelined
+from privbot.store.bulk import add_new, commit_with_inserts, read_pipelined
 from privbot.store.models import Draft, Message, OutboxItem, Ticket
 
 if TYPE_CHECKING:
@@ -108,14 +108,14 @@ def _record(services: Services, session: Session, inbound: Inbound, key: str, cl
     if inbound.auto_reason:
         message.kind = "auto_reply"
         ids.assign(session, message)
-        session.add(message)
+        add_new(session, message)
         audit.record(session, "auto_reply_recorded", ticket_id=ticket.id if ticket else None, message=message.id, reason=inbound.auto_reason)
         return IntakeResult("auto_reply", ticket.ref if ticket else None, ticket.status_enum if ticket else None, inbound.auto_reason)
 
     if ticket is not None:
         message.kind = "reply"
         ids.assign(session, message)
-        session.add(message)
+        add_new(session, message)
         ticket.updated_at = now
         audit.record(session, "reply_received", ticket_id=ticket.id, message=message.id)
         handled = verify.on_reply(services, session, ticket, inbound, message)
@@ -162,8 +162,8 @@ def _open_ticket(
     # handed out without a flush (store.ids), and the flush writes the ticket before the
     # message (store.bulk writes tables in foreign-key order).
     message.ticket_id = ids.assign(session, ticket)
-    session.add(ticket)
-    session.add(message)
+    add_new(session, ticket)
+    add_new(session, message)
     audit.record(
         session,
         "ticket_opened",

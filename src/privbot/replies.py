@@ -25,6 +25,7 @@ from privbot.channels.mail_out import build_email, header_safe, new_message_id
 from privbot.config import Settings
 from privbot.domain import Channel, Status
 from privbot.store import ids
+from privbot.store.bulk import add_new
 from privbot.store.models import Draft, Message, OutboxItem, Ticket
 
 DEFAULT_LANGUAGE = "en"
@@ -168,7 +169,7 @@ def create_draft(
         created_at=clock.now(),
     )
     ids.assign(session, draft)
-    session.add(draft)
+    add_new(session, draft)
     if needs_approval:  # an automatic message is audited once, when enqueue() queues it
         audit.record(session, "draft_created", ticket_id=ticket.id, draft_id=draft.id, kind=kind)
     # else enqueue() follows at once and audits it
@@ -250,7 +251,8 @@ def enqueue(
                 created_at=now,
             )
         )
-        session.add(
+        add_new(
+            session,
             Message.new_row(
                 ticket_id=ticket.id,
                 direction="out",
@@ -267,7 +269,8 @@ def enqueue(
             )
         )
     elif ticket.chat_id is not None:
-        session.add(
+        add_new(
+            session,
             Message.new_row(
                 ticket_id=ticket.id,
                 direction="out",
@@ -282,7 +285,7 @@ def enqueue(
         )
     for item in items:
         ids.assign(session, item)
-        session.add(item)
+        add_new(session, item)
     draft.status = "sent"
     if scrub is not None:
         draft.text, draft.html = scrub(draft.text), scrub(draft.html)

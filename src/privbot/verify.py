@@ -51,6 +51,7 @@ from privbot.config import ConfigError, Settings
 from privbot.domain import PRIVACY_INTENTS, Inbound, Status
 from privbot.logs import mask
 from privbot.store import ids
+from privbot.store.bulk import add_new
 from privbot.store.models import Account, Challenge, Draft, Message, OutboxItem, Ticket
 
 if TYPE_CHECKING:
@@ -256,7 +257,7 @@ def issue_challenge(
         status="open",
     )
     ids.assign(session, challenge)
-    session.add(challenge)
+    add_new(session, challenge)
     audit.record(session, "challenge_issued", ticket_id=ticket_id, challenge=challenge.id, expires_at=challenge.expires_at.isoformat())
     return challenge, code
 

@@ -129,6 +129,26 @@ def _default(col: Any) -> Callable[[], Any] | None:
 
 
 _PLANS = {cls: _Plan(cls) for cls in ORDER}
+#: each class's relationship attributes: a new object with none of them set has nothing to cascade
+_RELATIONSHIPS = {cls: tuple(rel.key for rel in cls.__mapper__.relationships) for cls in ORDER}  # type: ignore[attr-defined]
+
+
+def add_new(session: Session, obj: Any) -> None:
+    """``session.add(obj)`` for a new row of the intake's tables, without the cascade.
+
+    ``Session.add`` walks every relationship of the object's class looking for related
+    objects to add with it (3-6 µs an object; the intake adds eight per message).  A row
+    built with ``new_row`` and only foreign keys set has none, so it is put in the
+    session's new objects directly — what ``add`` does for the object itself.  One with
+    a related object set goes through ``add`` as usual."""
+    rels = _RELATIONSHIPS.get(type(obj))
+    values = obj.__dict__
+    if rels is None or any(values.get(rel) is not None for rel in rels):
+        session.add(obj)
+        return
+    state = instance_state(obj)
+    state._orphaned_outside_of_session = False
+    session._save_impl(state)
 #: most parameters in one multi-row INSERT (PostgreSQL's protocol allows 65,535)
 _MAX_PARAMS = 30_000
 
