@@ -2,7 +2,7 @@
 
 Runs ``receive_email`` in-process (no sockets) on simple requests, once under cProfile,
 and prints the milliseconds per message spent in each pipeline stage, the SQL
-statements and flushes per message (statements through SQLAlchemy: on PostgreSQL the
+statements and flushes per message (statements through SQLAlchemy: the intake's
 INSERTs and a group's first queries go to the driver directly and are not counted).
 Not a ``bench_*`` file: ``make bench`` skips it.
 

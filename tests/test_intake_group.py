@@ -4,6 +4,7 @@ whole commits nothing, so the channel can take its messages one at a time."""
 
 from __future__ import annotations
 
+from email.policy import SMTPUTF8
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,28 @@ def test_a_delivery_repeated_inside_one_group_opens_one_ticket(services: Service
     assert [r.action for r in results] == ["opened", "duplicate", "triage"]
     assert results[1].ticket_ref == results[0].ticket_ref
     assert counts(services)[0] == 2
+
+
+def test_a_group_knows_earlier_deliveries_and_requesters_whatever_characters_they_hold(services: Services) -> None:
+    """The group's lookup hands its keys and addresses to the database as one list (a
+    JSON array on SQLite, an array on PostgreSQL): quotes, backslashes, brackets and
+    non-ASCII must round-trip, or a repeated delivery would open a second ticket."""
+    odd = ['<a"b\\c@example.org>', "<it's-[1]%_*@example.org>", "<ünï-ид-中文@example.org>", "<a,b;c\"d@example.org>"]
+    senders = ["o'brien@example.org", "zoë@example.org", "user+tag@example.org", "x%y@example.org"]
+    mails = [make_mail(REQUESTS[0], sender=sender, subject=f"Request {i}", message_id=mid).as_bytes(policy=SMTPUTF8)
+             for i, (sender, mid) in enumerate(zip(senders, odd, strict=True))]
+    first = receive_emails(services, mails, sources=["smtp"] * len(mails))
+    assert first is not None and [r.action for r in first] == ["opened"] * len(mails)
+    again = receive_emails(services, mails, sources=["smtp"] * len(mails))
+    assert again is not None and [r.action for r in again] == ["duplicate"] * len(mails)
+    assert [r.ticket_ref for r in again] == [r.ticket_ref for r in first]
+    # A new request from the same people: the lookup must find them as requesters with a
+    # ticket, so their answers today are counted — at one a day, none goes out again.
+    services.settings.max_auto_replies_per_day = 1
+    more = [make_mail(REQUESTS[1], sender=sender, subject="Another").as_bytes(policy=SMTPUTF8) for sender in senders]
+    third = receive_emails(services, more, sources=["smtp"] * len(more))
+    assert third is not None and [(r.action, r.detail) for r in third] == [("opened", "no acknowledgement: rate limit")] * len(more)
+    assert counts(services) == (8, 4, 0)
 
 
 def test_ticket_references_stay_dense_when_a_group_repeats_earlier_deliveries(services: Services) -> None:

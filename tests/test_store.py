@@ -182,6 +182,30 @@ def test_a_row_added_without_the_cascade_still_brings_along_a_parent_set_on_it(s
         assert s.scalar(select(func.count(Message.id)).where(Message.dedupe_key == "k-rolled-back")) == 0
 
 
+def test_a_row_the_database_refuses_is_raised_as_sqlalchemy_raises_it(services: Services) -> None:
+    """The intake's rows go to the driver directly (store.bulk); a refusal must still be
+    SQLAlchemy's IntegrityError — what intake() catches to answer a delivery another
+    process recorded first — and the transaction must leave nothing behind."""
+    from sqlalchemy.exc import IntegrityError
+
+    from privbot.store.bulk import add_new
+    from privbot.store.models import Message
+
+    now = clock.now()
+
+    def message(key: str) -> Message:
+        return Message.new_row(direction="in", kind="request", channel="email", dedupe_key=key, sender="cy@example.org",
+                               subject="s", body="b", new_text="b", created_at=now)
+
+    with services.db.transaction() as s:
+        add_new(s, message("k-taken"))
+    with pytest.raises(IntegrityError), services.db.transaction() as s:
+        add_new(s, message("k-new"))
+        add_new(s, message("k-taken"))
+    with services.db.transaction() as s:
+        assert s.scalar(select(func.count(Message.id)).where(Message.dedupe_key.in_(["k-new", "k-taken"]))) == 1
+
+
 def test_ids_handed_out_in_one_transaction_never_collide_with_the_next(services: Services) -> None:
     from privbot.store import ids
     from privbot.store.models import Ticket

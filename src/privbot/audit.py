@@ -65,12 +65,13 @@ def hold(session: Session) -> None:
         session.info[_TAIL] = (session.get_transaction(), _take_chain(session), None)
 
 
-def taking_queries() -> list[tuple[Any, dict[str, Any]]]:
-    """PostgreSQL: what :func:`hold` asks — the lock, then the tail — for a caller that
-    sends it in one round trip with queries of its own (queries sent after these run
-    holding the lock: there it may fetch audit ids) and hands the tail's rows to
-    :func:`taken`."""
-    return [(_LOCK, {"k": _AUDIT_LOCK}), (_TAIL_HASH, {})]
+def taking_queries(postgresql: bool) -> list[tuple[Any, dict[str, Any]]]:
+    """What :func:`hold` asks — on PostgreSQL the lock, then the tail; on SQLite, whose
+    ``BEGIN IMMEDIATE`` is the lock, the tail — for a caller that asks it together with
+    queries of its own (:func:`privbot.store.bulk.read_batch`; on PostgreSQL queries sent
+    after these run holding the lock: there it may fetch audit ids) and hands the rows
+    of the last of them, the tail's, to :func:`taken`."""
+    return [(_LOCK, {"k": _AUDIT_LOCK}), (_TAIL_HASH, {})] if postgresql else [(_TAIL_HASH, {})]
 
 
 def taken(session: Session, tail_rows: list[Any]) -> None:

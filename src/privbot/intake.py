@@ -16,6 +16,7 @@ transaction has committed.  Inside that transaction, in order:
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import Sequence
 from datetime import timedelta
@@ -29,7 +30,7 @@ from sqlalchemy.orm import Session
 from privbot import audit, clock, deadlines, replies, verify
 from privbot.domain import Classification, Inbound, IntakeResult, Intent, Status, parse_ref
 from privbot.store import ids
-from privbot.store.bulk import add_new, commit_with_inserts, read_pipelined
+from privbot.store.bulk import add_new, commit_with_inserts, read_batch
 from privbot.store.models import Draft, Message, OutboxItem, Ticket
 
 if TYPE_CHECKING:
@@ -314,12 +315,17 @@ def _group_lookup(recorded: Any, with_tickets: Any) -> Any:
     )
 
 
-#: Built once (building the expression per group cost more than running it): with
-#: expanding lists on SQLite, and with arrays on PostgreSQL — one statement whatever the
-#: group's size, sent as it is in the group's first round trip (:func:`_take_group_postgresql`).
-_GROUP_LOOKUP = _group_lookup(
-    Message.dedupe_key.in_(bindparam("keys", expanding=True)), Ticket.requester.in_(bindparam("requesters", expanding=True))
-)
+def _json_values(name: str) -> Any:
+    """SQLite: the values of the JSON array passed as ``name``, as a one-column table."""
+    return text(f"SELECT value FROM json_each(:{name})").columns(value=String)
+
+
+#: Built once (building the expression per group cost more than running it): with a
+#: JSON array read by ``json_each`` on SQLite, and with arrays on PostgreSQL — one
+#: statement whatever the group's size, compiled once and handed to the driver as it is
+#: (:func:`privbot.store.bulk.read_batch`; on PostgreSQL in the group's first round trip,
+#: :func:`_take_group_postgresql`).
+_GROUP_LOOKUP = _group_lookup(Message.dedupe_key.in_(_json_values("keys")), Ticket.requester.in_(_json_values("requesters")))
 _GROUP_LOOKUP_PG = _group_lookup(
     Message.dedupe_key == any_(bindparam("keys", type_=ARRAY(String))), Ticket.requester == any_(bindparam("requesters", type_=ARRAY(String)))
 )
@@ -340,12 +346,12 @@ def _take_group_postgresql(session: Session, lookup: dict[str, list[str]], may_o
     for an answer also costs the committer its turn for a core behind the processes
     that keep the machine busy: they cost a group more than its INSERTs did."""
     queries = [
-        *audit.taking_queries(),
+        *audit.taking_queries(postgresql=True),
         (_GROUP_LOOKUP_PG, lookup),
         ids.first_block(counts),
         (_FRESH_TICKET_IDS, {"keys": may_open_keys}),
     ]
-    _lock, tail, found, block, tickets = read_pipelined(session.connection(), queries)
+    _lock, tail, found, block, tickets = read_batch(session.connection(), queries)
     audit.taken(session, tail)
     ids.provide(session, [*block, *tickets])
     return found
@@ -446,8 +452,9 @@ def receive_emails(services: Services, raws: Sequence[bytes], *, sources: Sequen
                           "challenges": len(may_open), "audit": _AUDIT_PER_NEW * len(may_open) + len(inbounds) - len(may_open)}
                 found = _take_group_postgresql(session, lookup, sorted({keys[i] for i in may_open}), counts)
             else:  # SQLite: BEGIN IMMEDIATE is the lock; the tail and the lookup are local reads
-                audit.hold(session)
-                found = list(session.connection().execute(_GROUP_LOOKUP, lookup))
+                as_json = {name: json.dumps(values) for name, values in lookup.items()}
+                tail, found = read_batch(session.connection(), [*audit.taking_queries(postgresql=False), (_GROUP_LOOKUP, as_json)])
+                audit.taken(session, tail)
             seen: dict[str, int | None] = {}
             known_requesters: set[str] = set()
             for kind, value, ticket_id in found:

@@ -7,14 +7,15 @@ bookkeeping, dependency sorting, one statement per table per flush — than the 
 spent writing them: most of the pipeline's cost.  Their ids are already known
 (:mod:`privbot.store.ids`), so nothing needs to come back from the database, and just
 before each flush this hook writes every new row of those tables itself, one
-statement per table in foreign-key order (SQLite: an ``executemany``; PostgreSQL: one
-multi-row INSERT each, all of them in one round trip), then hands the objects back to
+statement per table in foreign-key order, straight to the driver (SQLite: an
+``executemany``; PostgreSQL: one multi-row INSERT each, all of them in one round trip;
+SQLAlchemy's statement events do not see them), then hands the objects back to
 the session as persistent rows, exactly as if the ORM had inserted them.  Later changes
 to them (``draft.status = "sent"``) are ordinary UPDATEs; everything else — updates,
 deletes, new rows of other tables — still goes through the unit of work.
 
-It also sends a group's first, independent queries in one round trip
-(:func:`read_pipelined`, PostgreSQL).
+It also asks a group's first, independent queries of the driver at once
+(:func:`read_batch`: on PostgreSQL in one round trip).
 """
 
 from __future__ import annotations
@@ -191,8 +192,7 @@ def write_new(session: Session) -> int:
             statements.append(("COMMIT", ()))  # the commit under way sends nothing more
         _pipelined(conn, statements)
     else:
-        for sql, params in statements:
-            conn.exec_driver_sql(sql, params)
+        _on_sqlite_cursor(conn, statements)
     # Now rows that exist: the same bookkeeping the unit of work does after its own
     # INSERTs (identity keys, committed attribute state, noted in the transaction so a
     # rollback makes them transient again) — without re-adding each object, whose
@@ -244,20 +244,52 @@ def _pipelined(conn: Connection, statements: list[tuple[str, Any]]) -> None:
         conn._handle_dbapi_exception(exc, sql, params, None, None)  # raises IntegrityError, OperationalError, ...
 
 
-def read_pipelined(conn: Connection, queries: list[tuple[Executable, dict[str, Any]]]) -> list[list[Row[Any]]]:
-    """PostgreSQL: several queries sent at once, each one's rows back, one round trip.
+def _on_sqlite_cursor(conn: Connection, statements: list[tuple[str, Any]]) -> None:
+    """SQLite: the INSERTs on the driver's cursor.  SQLAlchemy's execution context around
+    each statement (events, context, result set-up) cost more than writing a row to a
+    local file; errors are raised as SQLAlchemy raises them."""
+    driver = conn.connection.driver_connection
+    cursor = driver.cursor()  # type: ignore[union-attr]
+    sql, params = statements[0]
+    try:
+        for sql, params in statements:
+            if isinstance(params, list):
+                cursor.executemany(sql, params)
+            else:
+                cursor.execute(sql, params)
+    except conn.dialect.loaded_dbapi.Error as exc:
+        conn._handle_dbapi_exception(exc, sql, params, None, None)  # raises IntegrityError, OperationalError, ...
+    finally:
+        cursor.close()
 
-    For a transaction whose first questions do not depend on each other's answers (a
-    group of incoming messages: take the audit lock, read the chain's tail, look up the
-    deliveries, fetch ids).  Under load every wait for an answer also costs the caller
-    its turn for a core, and a group's four round trips used to cost more than its
-    INSERTs.  The server runs them in order, so a query sent after a lock runs holding
-    it.  Each query is compiled once; its parameters go to the driver as they are
-    (plain values: text, numbers and lists of them).  Errors are raised as SQLAlchemy
-    raises them."""
+
+def read_batch(conn: Connection, queries: list[tuple[Executable, dict[str, Any]]]) -> list[list[Row[Any]]]:
+    """Several queries that do not depend on each other's answers, each one's rows back.
+
+    For a transaction whose first questions are known at once (a group of incoming
+    messages: take the audit lock, read the chain's tail, look up the deliveries, fetch
+    ids).  PostgreSQL: sent at once, one round trip — under load every wait for an
+    answer also costs the caller its turn for a core, and a group's four round trips
+    used to cost more than its INSERTs; the server runs them in order, so a query sent
+    after a lock runs holding it.  SQLite: one after the other on the driver's cursor,
+    without SQLAlchemy's execution context, which cost more than the queries.  Each
+    query is compiled once; its parameters go to the driver as they are (plain values:
+    text, numbers and, on PostgreSQL, lists of them).  Errors are raised as SQLAlchemy
+    raises them.  Statement events (echo) do not see these queries."""
     driver = conn.connection.driver_connection
     compiled = [_compiled_query(conn.dialect, query, params) for query, params in queries]
     sql, params = compiled[0]
+    if conn.dialect.name != "postgresql":
+        try:
+            rows: list[list[Any]] = []
+            for sql, params in compiled:
+                cursor = driver.execute(sql, params)  # type: ignore[union-attr]
+                rows.append(cursor.fetchall())
+                cursor.close()
+            return rows
+        except conn.dialect.loaded_dbapi.Error as exc:
+            conn._handle_dbapi_exception(exc, sql, params, None, None)
+            raise  # not reached: the line above raises
     cursors: list[Any] = []
     try:
         with driver.pipeline():  # type: ignore[union-attr]
@@ -274,17 +306,20 @@ def read_pipelined(conn: Connection, queries: list[tuple[Executable, dict[str, A
             cursor.close()
 
 
-#: (id of the query, dialect) -> (the query, kept so that its id stays its own; SQL; its own values)
-_COMPILED: dict[tuple[int, str], tuple[Executable, str, dict[str, Any]]] = {}
+#: (id of the query, dialect) -> (the query, kept so that its id stays its own; SQL; its
+#: own values; the order of its positional parameters, or None when they are named)
+_COMPILED: dict[tuple[int, str], tuple[Executable, str, dict[str, Any], tuple[str, ...] | None]] = {}
 
 
-def _compiled_query(dialect: Any, query: Executable, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+def _compiled_query(dialect: Any, query: Executable, params: dict[str, Any]) -> tuple[str, Any]:
     cached = _COMPILED.get((id(query), dialect.name))
     if cached is None:
         compiled = query.compile(dialect=dialect)
-        cached = _COMPILED[(id(query), dialect.name)] = (query, str(compiled), dict(compiled.params))
-    _query, sql, defaults = cached
-    return sql, {**defaults, **params}  # the statement's own values (a LIMIT) and the caller's
+        order = tuple(compiled.positiontup) if compiled.positional and compiled.positiontup is not None else None
+        cached = _COMPILED[(id(query), dialect.name)] = (query, str(compiled), dict(compiled.params), order)
+    _query, sql, defaults, order = cached
+    values = {**defaults, **params}  # the statement's own values (a LIMIT) and the caller's
+    return sql, tuple(values[name] for name in order) if order is not None else values
 
 
 @event.listens_for(Session, "before_flush")
