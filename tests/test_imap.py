@@ -304,15 +304,22 @@ def test_sigkill_three_times_while_draining_2000_leaves_each_message_recorded_ex
             return int(conn.execute("SELECT count(*) FROM messages WHERE direction = 'in'").fetchone()[0])
 
     log = tmp_path / "privbot.log"
-    kills = 0
+    kills = in_the_window = 0
     try:
-        for threshold in (150, 700, 1250):
+        # At least three kills, and on until one has fallen between a commit and the MOVE
+        # that follows it (what the restart must answer as duplicates): where a kill lands
+        # is chance, and the faster a batch commits the narrower that window is.
+        for threshold in (150, 700, 1250, 1450, 1650, 1800):
             proc = _run_privbot(env, log)
             wait_for(lambda: recorded() >= threshold or proc.poll() is not None, 60, f"{threshold} messages recorded")
             assert proc.poll() is None, log.read_text()[-2000:]
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             kills += 1
+            # Committed and still in INBOX at once: this kill fell in the window.
+            in_the_window += recorded() + imap_account.count("INBOX") > n
+            if kills >= 3 and in_the_window:
+                break
         proc = _run_privbot(env, log)
         wait_for(lambda: imap_account.count("INBOX") == 0, 90, "INBOX to be drained")
         proc.send_signal(signal.SIGTERM)
@@ -322,9 +329,9 @@ def test_sigkill_three_times_while_draining_2000_leaves_each_message_recorded_ex
             proc.kill()
             proc.wait()
 
-    assert kills == 3
-    # The kills landed mid-batch: the last run found committed mail still in INBOX.
-    assert re.search(r"duplicate [1-9]", log.read_text()), "no kill fell between commit and MOVE"
+    assert kills >= 3 and in_the_window, f"none of {kills} kills fell between a commit and its MOVE"
+    # A restart found committed mail still in INBOX, and answered it as duplicates.
+    assert re.search(r"duplicate [1-9]", log.read_text()), "no restart found committed mail still in INBOX"
     with db.transaction() as s:
         tickets = s.scalar(select(func.count(Ticket.id)))
         autos = s.scalar(select(func.count(Message.id)).where(Message.kind == "auto_reply"))
