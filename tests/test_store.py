@@ -28,6 +28,38 @@ def test_migrating_twice_changes_nothing(services: Services) -> None:
     assert services.db.is_current()
 
 
+def test_an_audit_trail_written_before_the_hash_index_was_dropped_upgrades_whole_and_still_refuses_a_fork(db_url: str) -> None:
+    """Migration 0005 rebuilds the audit table on SQLite: the entries must survive it,
+    the chain must still verify, and two entries linking to one predecessor must still
+    be refused."""
+    from alembic import command
+    from sqlalchemy.exc import IntegrityError
+
+    from privbot.store.db import Database, alembic_config
+    from privbot.store.models import AuditEntry
+
+    db = Database(db_url)
+    cfg = alembic_config()
+    with db.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0004")
+    with db.transaction() as s:
+        for i in range(3):
+            audit.record(s, "before the upgrade", n=i)
+    db.migrate()
+    try:
+        with db.transaction() as s:
+            report = audit.verify_chain(s)
+            assert (report.ok, report.entries) == (True, 3)
+            tail = s.scalars(select(AuditEntry).order_by(AuditEntry.id.desc())).first()
+            assert tail is not None
+            fork = AuditEntry(ticket_id=None, at=clock.now(), actor="x", action="fork", detail={}, prev_hash=tail.prev_hash, hash="f" * 64)
+        with pytest.raises(IntegrityError), db.transaction() as s:
+            s.add(fork)
+    finally:
+        db.dispose()
+
+
 def test_audit_chain_verifies_and_names_the_first_altered_entry(services: Services) -> None:
     with services.db.transaction() as s:
         for i in range(5):

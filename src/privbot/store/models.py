@@ -233,8 +233,10 @@ class AuditEntry(Base):
     actor: Mapped[str] = mapped_column(String(320))
     action: Mapped[str] = mapped_column(String(64))
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    #: unique: two entries linking to one predecessor would be a fork in the chain
     prev_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    hash: Mapped[str] = mapped_column(String(64), unique=True)
+    #: not indexed: it hashes prev_hash with the rest, so it is unique when prev_hash is
+    hash: Mapped[str] = mapped_column(String(64))
 
     def canonical(self) -> str:
         return json.dumps(
