@@ -52,6 +52,8 @@ class _Plan:
         #: one-to-many relationships: (attribute, [(remote attribute on child, local attribute)])
         self.children: list[tuple[str, list[tuple[str, str]]]] = []
         self._statements: dict[str, tuple[str, list[str], list[Callable[[Any], Any] | None], bool]] = {}
+        #: per dialect: (attribute, default maker, bind conversion) in the statement's order
+        self._writers: dict[str, list[tuple[str, Callable[[], Any] | None, Callable[[Any], Any] | None]]] = {}
         self._multirow: dict[tuple[str, int], str] = {}
         for rel in mapper.relationships:
             pairs = [(mapper.get_property_by_column(local).key, rel.mapper.get_property_by_column(remote).key)
@@ -90,7 +92,13 @@ class _Plan:
             )
         return sql
 
-    def row(self, obj: Any) -> dict[str, Any]:
+    def values(self, obj: Any, dialect: Any) -> list[Any]:
+        """``obj``'s parameters, converted for the driver, in :meth:`statement`'s order."""
+        writers = self._writers.get(dialect.name)
+        if writers is None:
+            _sql, keys, procs, _positional = self.statement(dialect)
+            attr_of = {key: (attr, default) for attr, key, default in self.columns}
+            writers = self._writers[dialect.name] = [(*attr_of[key], proc) for key, proc in zip(keys, procs, strict=True)]
         values = obj.__dict__
         # Keys the ORM would have copied from related objects at flush time.
         for rel, pairs in self.parents:
@@ -99,15 +107,16 @@ class _Plan:
                 for local, remote in pairs:
                     if values.get(local) is None:
                         setattr(obj, local, getattr(parent, remote))
-        row: dict[str, Any] = {}
-        for attr, key, default in self.columns:
+        out: list[Any] = []
+        for attr, default, proc in writers:
             if attr in values:
-                row[key] = values[attr]
+                value = values[attr]
             else:
-                value = default() if default is not None else None
-                setattr(obj, attr, value)  # loaded, as after an INSERT: no SELECT to read it back
-                row[key] = value
-        return row
+                # Loaded, as after an INSERT (no SELECT to read it back); into place, as
+                # new_row puts columns: the row is pending and has no history to keep.
+                value = values[attr] = default() if default is not None else None
+            out.append(proc(value) if proc is not None else value)
+        return out
 
     def adopt_children(self, obj: Any) -> None:
         """Children appended to a new object's collection get its id (as the flush would)."""
@@ -173,9 +182,8 @@ def write_new(session: Session) -> int:
         objs = by_class[cls]
         if objs:
             plan = _PLANS[cls]
-            sql, keys, procs, positional = plan.statement(conn.dialect)
-            rows = [plan.row(obj) for obj in objs]
-            converted = [[proc(row[k]) if proc is not None else row[k] for k, proc in zip(keys, procs, strict=True)] for row in rows]
+            sql, keys, _procs, positional = plan.statement(conn.dialect)
+            converted = [plan.values(obj, conn.dialect) for obj in objs]
             if postgresql:
                 # One statement for all the rows (in chunks below the driver's parameter
                 # limit): psycopg sends and reads back an executemany row by row, which
