@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given, strategies as st
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, func, select, text, update
@@ -302,3 +303,23 @@ def test_a_commit_sent_with_the_inserts_never_leaves_a_pending_update_behind(ser
         entry_xmin = s.scalar(text("SELECT xmin::text FROM audit WHERE id = :i"), {"i": entry_id})
         assert s.scalar(select(Ticket.status).where(Ticket.id == ticket_id)) == "triage"
     assert ticket_xmin == entry_xmin  # one transaction, not a COMMIT and then the UPDATE
+
+
+@given(
+    st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)),
+    st.one_of(st.none(), st.integers(min_value=-23 * 60, max_value=23 * 60).map(lambda m: timezone(timedelta(minutes=m)))),
+)
+def test_a_datetime_the_bulk_writer_stores_in_sqlite_is_exactly_what_sqlalchemy_stores(moment: datetime, tz: timezone | None) -> None:
+    """The bulk writer converts UTCDateTime values for SQLite itself (store.bulk.sqlite_utc_text);
+    the text must be SQLAlchemy's to the character, or reads and comparisons would break."""
+    from sqlalchemy.dialects import sqlite
+
+    from privbot.store.bulk import sqlite_utc_text
+    from privbot.store.models import UTCDateTime
+
+    value = moment.replace(tzinfo=tz)
+    dialect = sqlite.dialect()
+    sqlalchemys = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)
+    assert sqlalchemys is not None
+    assert sqlite_utc_text(value) == sqlalchemys(value)
+    assert sqlite_utc_text(None) is None
