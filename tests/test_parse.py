@@ -677,3 +677,23 @@ def test_outgoing_mail_is_what_the_email_package_writes(subject: str, text: str,
         assert same_boundary(direct) == same_boundary(plain)
     else:  # only what the writer cannot fold like the email package does
         assert "  " in subject or subject != subject.strip() or "=?" in subject
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(
+    st.lists(st.sampled_from(list("aemilrdnpostMAILERDAEMONPOST-_.@<>,;: \t()\"\\=?é") + ["mailer-daemon", "postmaster", "Mailer-Daemon", "=?utf-8?q?"]), max_size=30).map("".join),
+    st.builds(lambda name, local, host: f"{name} <{local}@{host}>",
+              st.sampled_from(["", "Mail Delivery System", '"Postmaster"', "(x)"]),
+              st.sampled_from(["mailer-daemon", "MAILER-DAEMON", "postmaster", "ann", "mailer\\-daemon", '"postmaster"', "mailer(x)-daemon"]),
+              st.sampled_from(["example.org", "mx.example.org"])),
+))
+def test_a_from_the_quick_check_passes_never_names_a_mailer_daemon(value: str) -> None:
+    """The bounce check parses the From only when the quick test says it might name a
+    mailer-daemon or postmaster; whenever it says no, the parse must find none."""
+    from email.utils import getaddresses
+
+    from privbot.channels.parse import _may_name_a_mailer_daemon
+
+    locals_ = {(addr.rpartition("@")[0] if "@" in addr else addr).strip().lower() for _n, addr in getaddresses([value])}
+    if locals_ & {"mailer-daemon", "postmaster"}:
+        assert _may_name_a_mailer_daemon(value)
