@@ -697,3 +697,28 @@ def test_a_from_the_quick_check_passes_never_names_a_mailer_daemon(value: str) -
     locals_ = {(addr.rpartition("@")[0] if "@" in addr else addr).strip().lower() for _n, addr in getaddresses([value])}
     if locals_ & {"mailer-daemon", "postmaster"}:
         assert _may_name_a_mailer_daemon(value)
+
+
+_CT_TYPES = st.sampled_from(["text/plain", "TEXT/HTML", "text/Plain", "multipart/alternative", "multipart/report", "message/rfc822", "text", "text/plain/x", "text/*", ""])
+_CT_NAMES = st.sampled_from(["charset", "Charset", "format", "delsp", "report-type", "boundary", "name*", "charset*0", "x"])
+_CT_VALUES = st.lists(st.sampled_from(list("aZ9-_.;=\"\\() é\t") + ["utf-8", "flowed", "yes", "=?utf-8?q?x?="]), max_size=6).map("".join)
+
+
+@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
+@given(_CT_TYPES, st.lists(st.tuples(_CT_NAMES, _CT_VALUES, st.booleans(), st.sampled_from(["", " ", "  ", "\t"])), max_size=4), st.booleans())
+def test_a_content_type_read_by_the_shortcut_reads_as_the_email_package_reads_it(ctype: str, params: list[tuple[str, str, bool, str]], trailing: bool) -> None:
+    """The parser reads simple Content-Type headers with one regular expression
+    (parse._simple_content_type); the type and every parameter must come out exactly as
+    through the email package, and anything it cannot read so must go to the package."""
+    from privbot.channels import parse as p
+
+    value = ctype + "".join(f";{space}{name}{space}={space}" + (f'"{val}"' if quoted else val) for name, val, quoted, space in params)
+    value += ";" if trailing else ""
+    msg = p._parse_bytes(b"Content-Type: " + value.encode("utf-8") + b"\r\nFrom: a@example.org\r\n\r\nbody\r\n")
+    token = p._HEADER_INDEX.set({})
+    try:
+        assert p._content_type(msg) == p._content_type_by_email(msg)
+        for name in ("charset", "format", "delsp", "report-type", "boundary", "x"):
+            assert p._param(msg, "content-type", name) == p._param_by_email(msg, "content-type", name)
+    finally:
+        p._HEADER_INDEX.reset(token)
