@@ -24,6 +24,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    text,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -80,8 +81,15 @@ _COLUMNS: dict[type, frozenset[str]] = {}
 
 class Ticket(Base):
     __tablename__ = "tickets"
-    #: the deadline sweep's scan: open statuses by due date
-    __table_args__ = (Index("ix_tickets_status_due", "status", "due_at"),)
+    __table_args__ = (
+        #: the deadline sweep's scan: open statuses by due date
+        Index("ix_tickets_status_due", "status", "due_at"),
+        # Only the rows that have a value are ever looked up (a chat's tickets; tickets
+        # whose clock is paused): the others, most of them, stay out of the index.
+        Index("ix_tickets_chat_id_set", "chat_id", sqlite_where=text("chat_id IS NOT NULL"), postgresql_where=text("chat_id IS NOT NULL")),
+        Index("ix_tickets_paused", "clock_paused_at", sqlite_where=text("clock_paused_at IS NOT NULL"),
+              postgresql_where=text("clock_paused_at IS NOT NULL")),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     intent: Mapped[str] = mapped_column(String(20))
@@ -94,7 +102,7 @@ class Ticket(Base):
     requester: Mapped[str] = mapped_column(String(320), index=True)
     requester_name: Mapped[str] = mapped_column(String(200), default="")
     #: Telegram chat ids exceed 32 bits (user ids up to 52 bits, groups negative)
-    chat_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
+    chat_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime)
     due_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     legal_clock: Mapped[str] = mapped_column(String(16), default="default")
@@ -106,7 +114,7 @@ class Ticket(Base):
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     #: when the legal clock stopped (UK: waiting for identity or clarification); see deadlines
-    clock_paused_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
+    clock_paused_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     #: total seconds the clock has stood still, which also moves the end of the first period
     paused_seconds: Mapped[int] = mapped_column(Integer, default=0)
     #: personal data removed by the retention sweep
@@ -132,7 +140,11 @@ class Message(Base):
     """Every message in or out, on a ticket or not (auto-replies are kept too)."""
 
     __tablename__ = "messages"
-    __table_args__ = (Index("ix_messages_message_id", "message_id"),)
+    #: threading looks up privbot's own messages by Message-ID, never a requester's
+    #: (a repeated delivery is found by dedupe_key): only outgoing ids are indexed
+    __table_args__ = (
+        Index("ix_messages_out_message_id", "message_id", sqlite_where=text("direction = 'out'"), postgresql_where=text("direction = 'out'")),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"), nullable=True, index=True)
