@@ -58,19 +58,14 @@ def record(session: Session, action: str, *, actor: str = "privbot", ticket_id: 
     return entry
 
 
-def hold(session: Session) -> None:
-    """Take the chain for the rest of this transaction now, before anything else (a
-    transaction that will certainly append: a group of incoming messages on SQLite)."""
-    if _cached_tail(session) is None:
-        session.info[_TAIL] = (session.get_transaction(), _take_chain(session), None)
-
-
 def taking_queries(postgresql: bool) -> list[tuple[Any, dict[str, Any]]]:
-    """What :func:`hold` asks — on PostgreSQL the lock, then the tail; on SQLite, whose
-    ``BEGIN IMMEDIATE`` is the lock, the tail — for a caller that asks it together with
-    queries of its own (:func:`privbot.store.bulk.read_batch`; on PostgreSQL queries sent
-    after these run holding the lock: there it may fetch audit ids) and hands the rows
-    of the last of them, the tail's, to :func:`taken`."""
+    """The queries that take the chain for the rest of a transaction, before anything
+    else (one that will certainly append: a group of incoming messages): on PostgreSQL
+    the lock, then the tail; on SQLite, whose ``BEGIN IMMEDIATE`` is the lock, the tail.
+    The caller asks them together with queries of its own
+    (:func:`privbot.store.bulk.read_batch`; on PostgreSQL queries sent after these run
+    holding the lock, so they may fetch audit ids) and hands the last one's rows, the
+    tail, to :func:`taken`."""
     return [(_LOCK, {"k": _AUDIT_LOCK}), (_TAIL_HASH, {})] if postgresql else [(_TAIL_HASH, {})]
 
 

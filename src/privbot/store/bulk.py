@@ -178,6 +178,8 @@ def add_new(session: Session, obj: Any) -> None:
     state = instance_state(obj)
     state._orphaned_outside_of_session = False
     session._save_impl(state)
+
+
 #: most parameters in one multi-row INSERT (PostgreSQL's protocol allows 65,535)
 _MAX_PARAMS = 30_000
 
