@@ -46,6 +46,19 @@ def test_deletion_request_opens_ticket_due_in_30_days_and_is_acknowledged(servic
     assert ack["Auto-Submitted"] == "auto-replied"
 
 
+def test_a_sender_who_quotes_an_address_that_needs_no_quotes_is_answered(services: Services, smtp_port: int) -> None:
+    raw = (b'From: Sean <"O\'Brien"@example.org>\r\nTo: privacy@example.com\r\nSubject: my data\r\n'
+           b"Message-ID: <quoted-1@example.org>\r\n\r\nPlease delete all the personal information you hold about me.\r\n")
+    send(smtp_port, raw, sender="o'brien@example.org")
+    [ticket] = tickets(services)
+    assert ticket.requester == "o'brien@example.org"
+    [ack] = deliver(services)
+    assert ack["To"] == "o'brien@example.org" and f"[{ticket.ref}]" in ack["Subject"]
+    # A quoted local part that does need its quotes is still no address privbot answers.
+    send(smtp_port, raw.replace(b'"O\'Brien"', b'"O Brien"').replace(b"quoted-1", b"quoted-2"), sender="x@example.org")
+    assert tickets(services)[-1].requester == ""
+
+
 def test_duplicate_delivery_opens_no_second_ticket(services: Services, smtp_port: int) -> None:
     request = make_mail()
     send(smtp_port, request)

@@ -332,7 +332,8 @@ def test_normalise_address_rules() -> None:
     assert normalise_address("  Ann@Example.ORG. ") == "ann@example.org"
     assert normalise_address("Ann <Ann@Example.org>") == "ann@example.org"
     assert normalise_address("mailto:ann@example.org") == "ann@example.org"
-    for bad in ("", "ann", "ann@", "@example.org", "a@b@c", "ann smith@example.org", "ann@exa mple.org",
+    assert normalise_address('Ann <"Ann.Lee"@Example.org>') == "ann.lee@example.org"  # quotes it needs not
+    for bad in ('"ann lee"@example.org', '"ann@x"@example.org', '"".@example.org', '".ann"@example.org', "", "ann", "ann@", "@example.org", "a@b@c", "ann smith@example.org", "ann@exa mple.org",
                 "ann@example..org", "ann\r\n@example.org"):
         assert normalise_address(bad) == "", bad
 
