@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from privbot.classify.newtext import new_text, split_new_text
+from privbot.classify.anchors import may_match
+from privbot.classify.newtext import _REPLY_HEADER, _REPLY_HEADER_ANCHORS, new_text, split_new_text
 
 
 @pytest.mark.parametrize(
@@ -81,3 +84,29 @@ def test_bottom_posted_answer_after_a_quote_is_kept() -> None:
 
 def test_plain_message_is_unchanged() -> None:
     assert split_new_text("hello\nworld") == ("hello\nworld", "")
+
+
+_HEADER_WORDS = ["On ", "Am ", "Le ", "wrote", "WROTE", "Schrieb", "a écrit", "A ÉCRIT", "escribió", "ESCREVEU", "ha scritto",
+                 "schreef", "在 ", "写道", "於 ", "寫道", "書きました", "より", "2024年1月1日", ":", "：", " ", "x", "ſchrieb", "ＷＲＯＴＥ"]
+
+
+_LINES = st.one_of(
+    st.lists(st.one_of(st.sampled_from(_HEADER_WORDS), st.text(max_size=8)), max_size=12).map("".join),
+    # most of these are headers: a prefix, anything, a header's word in any case, a colon
+    st.tuples(st.sampled_from(["On ", "am ", "LE ", "", "在 ", "El "]), st.text(min_size=4, max_size=30),
+              st.sampled_from(_HEADER_WORDS[3:18] + ["ſchrieb", "ＷＲＯＴＥ"]), st.sampled_from([":", " :", "：", ""])).map("".join),
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_LINES)
+def test_the_reply_header_shortcut_never_skips_a_line_the_pattern_would_match(line: str) -> None:
+    # A message none of whose text holds a reply header's word is not tried line by line.
+    if _REPLY_HEADER.match(line.strip()):
+        assert may_match(_REPLY_HEADER_ANCHORS, line.casefold()), line
+
+
+@pytest.mark.parametrize("case", [str.upper, str.swapcase])
+def test_reply_headers_in_any_case_start_the_quote(case) -> None:
+    new, rest = split_new_text(f"Yes, go ahead.\n\n{case('Am 03.06.2025 um 10:00 schrieb Team <a@b.de>:')}\n> Please delete my account.")
+    assert new == "Yes, go ahead." and "delete my account" in rest
