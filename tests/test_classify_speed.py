@@ -10,15 +10,20 @@ what it replaces, on the real intents/ examples.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from privbot.classify import (
     _MAX_CHARS,
+    _THREE_LETTERS,
+    _TWO_LETTERS,
     _clauses,
     _fit,
     _function_word_guess,
@@ -29,7 +34,10 @@ from privbot.classify import (
     default_intents_dir,
     detect_language,
 )
+from privbot.channels.mail_out import header_safe
+from privbot.channels.parse import _scrub, _unfold
 from privbot.classify.anchors import anchors, may_match
+from privbot.domain import REF_RE, parse_ref
 from privbot.classify.intents import load_intents
 from privbot.classify.linear import from_sklearn
 
@@ -148,3 +156,24 @@ def test_a_cached_model_starts_without_importing_scikit_learn(tmp_path: Path) ->
     # start leaves scikit-learn in the long-running process
     assert first.stdout.split() == ["False", "False", "cancellation"]
     assert second.stdout.split() == ["True", "False", "cancellation"]
+
+
+_ANY_TEXT = st.text(alphabet=st.one_of(st.characters(), st.sampled_from("aé中_1 \n\t.,-ß١")), max_size=40)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_ANY_TEXT)
+def test_the_letter_counts_stop_early_but_count_as_listing_every_letter_does(text: str) -> None:
+    letters = len(re.findall(r"[^\W\d_]", text))
+    assert (_TWO_LETTERS.search(text) is not None) == (letters >= 2)
+    assert (_THREE_LETTERS.search(text) is not None) == (letters >= 3)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(_ANY_TEXT, st.sampled_from(["[PRIV-000042] Re: x", "PRIV-12345", "priv-000042", "xPRIV-0000001"])))
+def test_the_shortcuts_before_a_pattern_change_nothing_it_would_find(text: str) -> None:
+    # Each shortcut skips a pattern when a plain check proves it cannot match.
+    assert parse_ref(text) == (int(m.group(1)) if (m := REF_RE.search(text)) else None)
+    assert header_safe(text) == re.sub(r"[\x00-\x1f\x7f]+", " ", text).strip()[:300]
+    assert _unfold(text) == re.sub(r"\r?\n(?=[ \t])", "", text)
+    assert _scrub(text) == re.sub("[\ud800-\udfff]", "\ufffd", text).replace("\x00", "")

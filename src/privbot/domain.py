@@ -135,5 +135,7 @@ def format_ref(ticket_id: int) -> str:
 
 def parse_ref(text: str) -> int | None:
     """The ticket id named by the first ``PRIV-000042`` in ``text``, if any."""
-    m = REF_RE.search(text or "")
+    if not text or REF_PREFIX not in text:  # the pattern's literal part: most texts stop here
+        return None
+    m = REF_RE.search(text)
     return int(m.group(1)) if m else None

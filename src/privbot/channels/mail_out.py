@@ -34,7 +34,11 @@ _POLICY = SMTP.clone(header_factory=fast_header_factory())
 
 def header_safe(value: str, limit: int = 300) -> str:
     """One line, no control characters, bounded: safe to put into any header."""
-    return _CONTROL.sub(" ", value or "").strip()[:limit]
+    if not value:
+        return ""
+    if value.isprintable():  # (every control character is unprintable: nothing to replace)
+        return value.strip()[:limit]
+    return _CONTROL.sub(" ", value).strip()[:limit]
 
 
 def new_message_id(sender: str) -> str:

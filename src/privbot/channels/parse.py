@@ -261,7 +261,7 @@ _SURROGATE_RE = re.compile("[\ud800-\udfff]")
 
 
 def _has_surrogates(s: str) -> bool:
-    return _SURROGATE_RE.search(s) is not None
+    return not s.isascii() and _SURROGATE_RE.search(s) is not None
 
 
 def _to_bytes(s: str) -> bytes:
@@ -346,12 +346,13 @@ _BIDI_CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c]")
 
 
 def _unfold(value: str) -> str:
-    return _FOLD_RE.sub("", value)
+    return _FOLD_RE.sub("", value) if "\n" in value else value
 
 
 def _scrub(text: str) -> str:
     """Remove what must never be stored: lone surrogates and NUL."""
-    text = _SURROGATE_RE.sub("\ufffd", text)
+    if not text.isascii():  # (ASCII text holds no surrogate: the search is skipped)
+        text = _SURROGATE_RE.sub("\ufffd", text)
     return text.replace("\x00", "")
 
 

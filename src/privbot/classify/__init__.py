@@ -80,7 +80,10 @@ def default_intents_dir() -> Path:
 _KANA = re.compile(r"[\u3040-\u30ff\u31f0-\u31ff\uff66-\uff9f]")
 _HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _HANGUL = re.compile(r"[\uac00-\ud7af]")
-_LETTERS = re.compile(r"[^\W\d_]", re.UNICODE)
+#: at least two, three letters (``[^\W\d_]`` is a letter, ``[\W\d_]`` anything else): the
+#: search stops at the last letter it needs instead of listing every letter of the text
+_TWO_LETTERS = re.compile(r"[^\W\d_][\W\d_]*[^\W\d_]")
+_THREE_LETTERS = re.compile(r"[^\W\d_](?:[\W\d_]*[^\W\d_]){2}")
 _detector = None
 
 
@@ -147,7 +150,7 @@ def detect_language(text: str) -> str:
         return "zh"
     if _HANGUL.search(sample):
         return "ko"
-    if len(_LETTERS.findall(sample)) < 3:
+    if _THREE_LETTERS.search(sample) is None:
         return "en"  # "👍", "/start", "ok": nothing to go on; English is the default reply language
     guess = _function_word_guess(sample)
     if guess:
@@ -256,7 +259,7 @@ def _clauses(text: str) -> list[tuple[int, str]]:
         pos = m.end()
     if text[pos:].strip():
         out.append((pos, text[pos:]))
-    return [(o, c.strip()) for o, c in out if len(_LETTERS.findall(c)) >= 2]
+    return [(o, c.strip()) for o, c in out if _TWO_LETTERS.search(c)]
 
 
 # --------------------------------------------------------------------------- augmentation
@@ -435,7 +438,7 @@ class Classifier:
             new = "\n".join(ln.lstrip("> ").rstrip() for ln in rest.splitlines())
         subj = _subject_for_model(subject)
         body = f"{subj}\n{new}" if subj else new
-        lang = detect_language(new if len(_LETTERS.findall(new)) >= 3 else f"{subject}\n{new}")
+        lang = detect_language(new if _THREE_LETTERS.search(new) else f"{subject}\n{new}")
         return body, new, subject, lang
 
     def _cue_hits(self, text: str) -> tuple[list[_Hit], list[_Hit]]:
