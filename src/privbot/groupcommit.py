@@ -144,17 +144,23 @@ class GroupCommitter:
                         outcomes.append(receive_email(self.services, raw, source=self.source))
                     except Exception as exc:
                         outcomes.append(exc)
+        # One wake-up per event loop (there is usually one), not one per message: each
+        # call_soon_threadsafe writes to the loop's self-pipe, which the loop then reads.
+        answers: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[IntakeResult | None], Any]]] = {}
         for (_, loop, future), outcome in zip(group, outcomes, strict=True):
+            answers.setdefault(loop, []).append((future, outcome))
+        for loop, settled in answers.items():
             try:
-                loop.call_soon_threadsafe(_settle, future, outcome)
-            except RuntimeError:  # that session's event loop is gone (the server stopped)
-                log.debug("a committed message's session ended before its answer")
+                loop.call_soon_threadsafe(_settle, settled)
+            except RuntimeError:  # that event loop is gone (the server stopped)
+                log.debug("%d committed messages' sessions ended before their answers", len(settled))
 
 
-def _settle(future: asyncio.Future[IntakeResult | None], outcome: Any) -> None:
-    if future.done():  # the client went away while it waited; the message is committed anyway
-        return
-    if isinstance(outcome, BaseException):
-        future.set_exception(outcome)
-    else:
-        future.set_result(outcome)
+def _settle(settled: list[tuple[asyncio.Future[IntakeResult | None], Any]]) -> None:
+    for future, outcome in settled:
+        if future.done():  # the client went away while it waited; the message is committed anyway
+            continue
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
