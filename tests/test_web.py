@@ -13,7 +13,7 @@ from datetime import timedelta
 
 import pytest
 from argon2 import PasswordHasher
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
@@ -22,7 +22,7 @@ from privbot.app import Services
 from privbot.domain import Channel, Classification, Inbound, Intent, Status
 from privbot.intake import intake
 from privbot.store.models import AuditEntry, ConsoleSession, Draft, LoginFailure, OutboxItem, Staff, Ticket
-from privbot.web import actions, auth
+from privbot.web import actions, auth, views
 from privbot.web.app import SESSION_COOKIE, create_app
 
 PASSWORD = "correct horse battery"
@@ -391,6 +391,32 @@ def test_extending_moves_the_deadline_and_tells_the_requester(services: Services
 
 
 # ---------------------------------------------------------------------------- queue and reports
+
+
+def test_a_queue_filtered_by_right_is_cut_at_the_limit_by_the_database_and_misses_no_secondary_right(
+    services: Services, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(views, "QUEUE_LIMIT", 3)
+    for i in range(4):
+        open_ticket(services, f"copy of my data please {i}", intent="access", sender=f"a{i}@example.org")
+    both = intake(services, Inbound(channel=Channel.EMAIL, sender="both@example.org", text="close my account and delete it all",
+                                    message_id="<both@example.org>"),
+                  classification=Classification(Intent.CANCELLATION, (Intent.CANCELLATION, Intent.DELETION), 0.9, "en")).ticket_ref
+    deletions = [open_ticket(services, f"delete me {i}", sender=f"d{i}@example.org") for i in range(3)]
+    loaded: list[Ticket] = []
+    counting = lambda target, context: loaded.append(target)  # noqa: E731
+    event.listen(Ticket, "load", counting)
+    try:
+        with services.db.transaction() as s:
+            rows, cut = views.queue(s, views.QueueFilter(state="all", right="deletion"))
+    finally:
+        event.remove(Ticket, "load", counting)
+    assert [r.ref for r in rows] == [both, *deletions[:2]] and cut  # by deadline; four match, three shown
+    assert len(loaded) == 4  # the limit and one more: not every ticket, to be filtered in Python
+    with services.db.transaction() as s:
+        rows, cut = views.queue(s, views.QueueFilter(state="all", right="cancellation"))
+        assert [r.ref for r in rows] == [both] and not cut
+        assert views.queue(s, views.QueueFilter(state="all", right="correction")) == ([], False)
 
 
 def test_queue_puts_overdue_first_and_filters(services: Services, clients: dict[str, TestClient], frozen_clock: object) -> None:

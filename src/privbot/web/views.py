@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import Text, cast, func, or_, select
 from sqlalchemy.orm import Session
 
 from privbot import clock
@@ -105,12 +105,15 @@ def queue(session: Session, f: QueueFilter) -> tuple[list[QueueRow], bool]:
         pattern = "%" + f.q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         cond = or_(func.lower(Ticket.requester).like(pattern, escape="\\"), func.lower(Ticket.requester_name).like(pattern, escape="\\"))
         stmt = stmt.where(or_(cond, Ticket.id == ref) if ref else cond)
-    stmt = stmt.order_by(Ticket.due_at, Ticket.id)
-    if not f.right:  # otherwise the filter below runs first, then the cut
-        stmt = stmt.limit(QUEUE_LIMIT + 1)
-    # the right matches the primary or any secondary one (a JSON list: filtered here,
-    # the same on SQLite and PostgreSQL)
-    tickets = [t for t in session.scalars(stmt) if not f.right or f.right == t.intent or f.right in (t.intents or [])]
+    if f.right:
+        # The primary right or any secondary one.  ``intents`` is a JSON list of the
+        # right names, which hold no quotes or escapes, so the quoted name appears in its
+        # text exactly when it is in the list — one condition for SQLite and PostgreSQL,
+        # and the database cuts the queue at the limit instead of Python after reading
+        # every ticket.
+        stmt = stmt.where(or_(Ticket.intent == f.right, cast(Ticket.intents, Text).contains(f'"{f.right}"', autoescape=True)))
+    stmt = stmt.order_by(Ticket.due_at, Ticket.id).limit(QUEUE_LIMIT + 1)
+    tickets = list(session.scalars(stmt))
     cut = len(tickets) > QUEUE_LIMIT
     tickets = tickets[:QUEUE_LIMIT]
     pending = dict(
