@@ -21,6 +21,8 @@ def test_environment_overrides_the_config_file(tmp_path: Path) -> None:
         ({"PRIVBOT_PRIVACY_ADDRESS": "not an address"}, "PRIVBOT_PRIVACY_ADDRESS"),
         ({"PRIVBOT_CHECK_DELIVERABILITY": "maybe"}, "PRIVBOT_CHECK_DELIVERABILITY"),
         ({"PRIVBOT_LEGAL_CLOCK": "mars"}, "PRIVBOT_LEGAL_CLOCK"),
+        ({"PRIVBOT_HOLIDAYS": "2026-12-25,25/12/2026"}, "PRIVBOT_HOLIDAYS: '25/12/2026'"),
+        ({"PRIVBOT_HOLIDAYS": "2026-02-30"}, "PRIVBOT_HOLIDAYS: '2026-02-30'"),
     ],
 )
 def test_bad_value_is_an_error_naming_the_setting(env: dict[str, str], named: str) -> None:

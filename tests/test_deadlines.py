@@ -100,8 +100,15 @@ def test_day_counted_clocks_give_30_45_and_the_configured_days() -> None:
 def test_ccpa_receipt_must_be_confirmed_within_ten_business_days() -> None:
     friday = datetime(2026, 3, 6, 12, tzinfo=UTC)
     t = Ticket(received_at=friday, legal_clock="ccpa")
-    assert deadlines.confirm_by(t) == datetime(2026, 3, 20, 12, tzinfo=UTC)  # two weeks, weekends skipped
-    assert deadlines.confirm_by(Ticket(received_at=friday, legal_clock="gdpr")) is None
+    assert deadlines.confirm_by(Settings(), t) == datetime(2026, 3, 20, 12, tzinfo=UTC)  # two weeks, weekends skipped
+    assert deadlines.confirm_by(Settings(), Ticket(received_at=friday, legal_clock="gdpr")) is None
+
+
+def test_ccpa_business_days_skip_the_public_holidays_the_deployment_lists() -> None:
+    t = Ticket(received_at=datetime(2026, 12, 18, 12, tzinfo=UTC), legal_clock="ccpa")  # a Friday
+    assert deadlines.confirm_by(Settings(), t) == datetime(2027, 1, 1, 12, tzinfo=UTC)
+    holidays = Settings(holidays="2026-12-25, 2027-01-01")
+    assert deadlines.confirm_by(holidays, t) == datetime(2027, 1, 5, 12, tzinfo=UTC)  # Christmas, New Year's Day
 
 
 def test_a_new_ticket_gets_the_deadline_of_the_deployments_law(services: Services, frozen_clock: object) -> None:
@@ -212,6 +219,15 @@ def test_ccpa_staff_are_told_when_receipt_was_not_confirmed(staffed: Services, f
     assert reminder_kinds(staffed, silent) == ["confirm-receipt"] and reminder_kinds(staffed, confirmed) == []
     (mail,) = staff_mail(staffed)
     assert ticket(staffed, silent).ref in mail and "confirm by 2026-03-16" in mail
+
+
+def test_the_confirm_by_date_staff_are_given_leaves_out_public_holidays(staffed: Services, frozen_clock: object) -> None:
+    staffed.settings.holidays = "2026-03-09,2026-03-10"  # the Monday and Tuesday after
+    silent = open_ticket(staffed, legal_clock="ccpa")
+    clock.fast_forward(days=2)
+    run_sweeps(staffed)
+    (mail,) = staff_mail(staffed)
+    assert ticket(staffed, silent).ref in mail and "confirm by 2026-03-18" in mail
 
 
 # ---------------------------------------------------------------------------- extensions

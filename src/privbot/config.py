@@ -77,6 +77,8 @@ class Settings:
     staff_address: str = ""
     deadline_days: int = 30
     legal_clock: str = "default"
+    #: public holidays business days skip (CCPA's confirmation), "YYYY-MM-DD,YYYY-MM-DD"
+    holidays: str = ""
     #: days before the deadline on which staff are reminded, largest first ("7,3,1")
     reminder_days: str = "7,3,1"
     #: seconds between runs of each sweep other than the outbox; 0: each sweep's own default
@@ -228,9 +230,10 @@ def validate(s: Settings) -> None:
         raise ConfigError(f"PRIVBOT_IMAP_CA_FILE: no such file: {s.imap_ca_file}")
     if not s.imap_port:
         s.imap_port = 993 if s.imap_ssl == "tls" else 143
-    from privbot.deadlines import parse_reminder_days  # late: deadlines imports config
+    from privbot.deadlines import parse_holidays, parse_reminder_days  # late: deadlines imports config
 
-    parse_reminder_days(s.reminder_days)  # raises ConfigError naming the bad entry
+    parse_reminder_days(s.reminder_days)  # raise ConfigError naming the bad entry
+    parse_holidays(s.holidays)
     if s.retention_days < 0 or s.sweep_interval < 0:
         raise ConfigError("PRIVBOT_RETENTION_DAYS and PRIVBOT_SWEEP_INTERVAL: must not be negative")
     if s.legal_clock not in ("default", "gdpr", "uk", "ccpa", "pdpa"):

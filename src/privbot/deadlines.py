@@ -19,7 +19,8 @@ Every extension needs a reason and must be announced to the requester *inside th
 first period* (GDPR Art. 12(3), CCPA §7021(b), PDPA reg. 4(3)); :func:`extend` refuses
 otherwise and sends the notice at once (see docs/deadlines.md for why it is not held
 for approval).  Month arithmetic clamps to the end of the month (31 January + one month
-= 28/29 February).  Business days are Monday to Friday (public holidays not counted).
+= 28/29 February).  Business days are Monday to Friday, less the public holidays listed
+in ``PRIVBOT_HOLIDAYS``.
 
 The UK clock stop is kept by an ORM listener on ``Ticket.status`` (see
 :func:`on_status_change`): whoever moves a ticket into or out of
@@ -31,11 +32,12 @@ from __future__ import annotations
 
 import calendar
 import logging
+import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import event
 from sqlalchemy.orm import Session, object_session
@@ -93,14 +95,35 @@ def add_months(at: datetime, months: int) -> datetime:
     return at.replace(year=year, month=month, day=day)
 
 
-def add_business_days(at: datetime, days: int) -> datetime:
-    """Monday to Friday; a start on a weekend counts from the next Monday."""
+def add_business_days(at: datetime, days: int, holidays: frozenset[date] = frozenset()) -> datetime:
+    """Monday to Friday, not on ``holidays``; a start on a day off counts from the next
+    business day."""
     out = at
     while days > 0:
         out += timedelta(days=1)
-        if out.weekday() < 5:
+        if out.weekday() < 5 and out.date() not in holidays:
             days -= 1
     return out
+
+
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+@lru_cache(maxsize=4)
+def parse_holidays(text: str) -> frozenset[date]:
+    """``"2026-12-25, 2027-01-01"`` → those dates; raises ConfigError naming the bad entry."""
+    out: set[date] = set()
+    for part in text.replace(";", ",").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            if not _ISO_DATE.fullmatch(part):
+                raise ValueError(part)
+            out.add(date.fromisoformat(part))
+        except ValueError:
+            raise ConfigError(f"PRIVBOT_HOLIDAYS: {part!r} is not a date written YYYY-MM-DD") from None
+    return frozenset(out)
 
 
 def clock_for(name: str | None) -> LegalClock:
@@ -128,10 +151,21 @@ def latest_due(settings: Settings, ticket: Ticket) -> datetime:
     return add_months(first, c.extension_months) + timedelta(days=c.extension_days)
 
 
-def confirm_by(ticket: Ticket) -> datetime | None:
+class Received(Protocol):
+    """A ticket, or a row of its columns: what :func:`confirm_by` reads."""
+
+    @property
+    def received_at(self) -> datetime: ...
+    @property
+    def legal_clock(self) -> str | None: ...
+
+
+def confirm_by(settings: Settings, ticket: Received) -> datetime | None:
     """When receipt must have been confirmed (CCPA: 10 business days), else None."""
     c = clock_for(ticket.legal_clock)
-    return add_business_days(ticket.received_at, c.confirm_business_days) if c.confirm_business_days else None
+    if not c.confirm_business_days:
+        return None
+    return add_business_days(clock.ensure_aware(ticket.received_at), c.confirm_business_days, parse_holidays(settings.holidays))
 
 
 def parse_reminder_days(text: str) -> list[int]:

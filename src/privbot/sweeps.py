@@ -92,7 +92,7 @@ def deadline_sweep(services: Services) -> str:
             ("staff_escalation", [c for c in claimed if not c[1].startswith("due-")]),
         ):
             if batch and settings.staff_address:
-                _mail_staff(services, session, template, _describe(session, batch, now), batch, now)
+                _mail_staff(services, session, template, _describe(services.settings, session, batch, now), batch, now)
                 mailed += 1
         kinds: dict[str, int] = {}
         for _tid, kind, _due in claimed:
@@ -190,10 +190,9 @@ def _resume_bulk_closed(session: Session, now: datetime) -> int:
     return int(n or 0)
 
 
-def _describe(session: Session, claimed: list[tuple[int, str, datetime]], now: datetime) -> list[dict[str, Any]]:
+def _describe(settings: Settings, session: Session, claimed: list[tuple[int, str, datetime]], now: datetime) -> list[dict[str, Any]]:
     """Digest rows, most urgent first.  Only the rows a digest lists are looked up: a
     first sweep over a large backlog claims thousands and lists :data:`DIGEST_LIMIT`."""
-    confirm_days = deadlines.clock_for("ccpa").confirm_business_days
     order = sorted(claimed, key=lambda c: (c[2], c[0]))
     shown = order[:DIGEST_LIMIT]
     details = {
@@ -208,7 +207,7 @@ def _describe(session: Session, claimed: list[tuple[int, str, datetime]], now: d
     for ticket_id, kind, due in shown:
         t = details[ticket_id]
         if kind == "confirm-receipt":
-            due = deadlines.add_business_days(clock.ensure_aware(t.received_at), confirm_days)
+            due = deadlines.confirm_by(settings, t) or due  # (t: the ticket's columns)
         rows.append({
             "ticket_id": ticket_id, "ref": format_ref(ticket_id), "intent": t.intent, "status": t.status, "due_at": due,
             "days_left": max(0, -(-int((due - now).total_seconds()) // 86400)), "kind": kind, "clock": t.legal_clock,
