@@ -232,7 +232,8 @@ def validate(s: Settings) -> None:
         s.imap_port = 993 if s.imap_ssl == "tls" else 143
     from privbot.deadlines import parse_holidays, parse_reminder_days  # late: deadlines imports config
 
-    parse_reminder_days(s.reminder_days)  # raise ConfigError naming the bad entry
+    # each raises ConfigError naming the bad entry
+    parse_reminder_days(s.reminder_days)
     parse_holidays(s.holidays)
     if s.retention_days < 0 or s.sweep_interval < 0:
         raise ConfigError("PRIVBOT_RETENTION_DAYS and PRIVBOT_SWEEP_INTERVAL: must not be negative")
