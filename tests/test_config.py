@@ -23,6 +23,7 @@ def test_environment_overrides_the_config_file(tmp_path: Path) -> None:
         ({"PRIVBOT_LEGAL_CLOCK": "mars"}, "PRIVBOT_LEGAL_CLOCK"),
         ({"PRIVBOT_HOLIDAYS": "2026-12-25,25/12/2026"}, "PRIVBOT_HOLIDAYS: '25/12/2026'"),
         ({"PRIVBOT_HOLIDAYS": "2026-02-30"}, "PRIVBOT_HOLIDAYS: '2026-02-30'"),
+        ({"PRIVBOT_IMAP_LEASE_SECONDS": "0.5"}, "PRIVBOT_IMAP_LEASE_SECONDS"),
     ],
 )
 def test_bad_value_is_an_error_naming_the_setting(env: dict[str, str], named: str) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from privbot import leases
 from privbot.app import Services, build_services
 from privbot.channels.imap import ImapWatcher
 from privbot.config import Settings
@@ -121,6 +122,58 @@ def test_backlog_is_drained_into_tickets_and_filed_in_created_folders(services: 
     with imap_account.client() as c:
         c.select_folder("Processed", readonly=True)
         assert c.search("SEEN") == []
+
+
+def test_two_processes_watching_one_mailbox_read_it_once_and_the_other_takes_over_when_the_first_stops(
+    services: Services, imap_account: Account,
+) -> None:
+    configure(services.settings, imap_account, imap_lease_seconds=3.0)
+    imap_account.deliver_many([request(i) for i in range(40)])
+    services.classifier  # loaded before mail is taken, as `privbot run` does
+    watchers = [ImapWatcher(services), ImapWatcher(services)]
+    watchers[1].holder += ":elsewhere"  # another host or data directory, as another process would be
+    threads = [threading.Thread(target=w.run, daemon=True) for w in watchers]
+    for t in threads:
+        t.start()
+    try:
+        wait_for(lambda: ticket_count(services) == 40 and imap_account.count("INBOX") == 0, 60, "the backlog")
+        active, standby = sorted(watchers, key=lambda w: -w.totals.processed)
+        # One of them read the mailbox; the other never fetched a message and says who has it.
+        assert active.totals.processed == 40 and active.totals.duplicates == 0
+        assert standby.totals.processed == 0 and standby.standing_by == active.holder
+        time.sleep(2.0)  # past a third of the lease: renewed, so the standby still waits
+        imap_account.deliver_many([request(i) for i in range(40, 45)])
+        wait_for(lambda: ticket_count(services) == 45, 20, "new mail, through the active watcher")
+        assert standby.totals.processed == 0
+        # The active watcher stops (and gives the lease up): the other takes over.
+        active.stop()
+        threads[watchers.index(active)].join(15)
+        imap_account.deliver_many([request(i) for i in range(45, 50)])
+        wait_for(lambda: ticket_count(services) == 50 and imap_account.count("INBOX") == 0, 30, "the standby to take over")
+        assert standby.totals.processed == 5 and standby.standing_by == ""
+    finally:
+        for w in watchers:
+            w.stop()
+        for t in threads:
+            t.join(15)
+    assert imap_account.count("Processed") == 50
+
+
+def test_a_mailbox_whose_watcher_died_without_a_word_is_taken_over_once_its_lease_lapses(
+    services: Services, imap_account: Account,
+) -> None:
+    configure(services.settings, imap_account, imap_lease_seconds=3.0)
+    imap_account.deliver_many([request(i) for i in range(5)])
+    dead = "crashed-host:/var/lib/privbot"
+    assert leases.claim(services.db, ImapWatcher(services).lease_name, dead, 3.0)
+    t0 = time.monotonic()
+    with watching(services) as watcher:
+        wait_for(lambda: watcher.standing_by == dead, 5, "the watcher to stand by")
+        wait_for(lambda: ticket_count(services) == 5, 30, "the mail, after the lease lapsed")
+        assert time.monotonic() - t0 >= 2.0 and watcher.standing_by == ""
+    # The same process restarted (the same name) takes its own lease back at once.
+    with watching(services) as again:
+        assert again.idle_ready.wait(5) and again.standing_by == ""
 
 
 def test_new_mail_is_picked_up_through_idle_within_two_seconds(services: Services, imap_account: Account) -> None:

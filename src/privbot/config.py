@@ -55,6 +55,9 @@ class Settings:
     imap_batch: int = 100
     #: after the server refuses the login, try again this often (a person must fix it)
     imap_auth_retry_seconds: float = 300.0
+    #: a watcher's hold on its mailbox: renewed every third of it, taken over by another
+    #: process this long after the holder died without giving it up
+    imap_lease_seconds: float = 60.0
     smtp_relay: str = ""
     smtp_relay_user: str = ""
     smtp_relay_password: str = ""
@@ -224,6 +227,8 @@ def validate(s: Settings) -> None:
         raise ConfigError(f"PRIVBOT_IMAP_SSL: expected tls, starttls or plain, got {s.imap_ssl!r}")
     if s.imap_host and not s.imap_user:
         raise ConfigError("PRIVBOT_IMAP_USER: required when PRIVBOT_IMAP_HOST is set")
+    if s.imap_lease_seconds < 3:
+        raise ConfigError(f"PRIVBOT_IMAP_LEASE_SECONDS: must be at least 3, got {s.imap_lease_seconds:g}")
     if s.imap_batch < 1 or s.imap_idle_seconds <= 0 or s.imap_poll_seconds <= 0:
         raise ConfigError("PRIVBOT_IMAP_BATCH, _IDLE_SECONDS and _POLL_SECONDS: must be positive")
     if s.imap_ca_file and not Path(s.imap_ca_file).is_file():

@@ -21,6 +21,11 @@ no-op, and then moves it.  Nothing is removed from the server before it is commi
 a message the pipeline cannot take (kept in the shunt for ``privbot reprocess``) moves to
 the failed folder, so the server shows a person what needs a look.
 
+One process at a time watches a mailbox: the watcher holds a lease on it
+(:mod:`privbot.leases`), renews it while it works, and gives it up when it stops.
+Other privbot processes configured with the same mailbox stand by and take over when
+the lease is free or has lapsed (``PRIVBOT_IMAP_LEASE_SECONDS`` after a holder died).
+
 The loop is blocking imapclient code on a thread of its own; :class:`ImapComponent` is
 what ``privbot run`` starts beside the SMTP intake.  It reconnects with exponential
 backoff when the server goes away, and treats a refused login as a configuration
@@ -44,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError, LoginError
 
+from privbot import leases
 from privbot.intake import GROUP_MAX, receive_email, receive_emails
 from privbot.logs import mask
 from privbot.store.db import DatabaseUnavailable
@@ -64,6 +70,8 @@ BACKOFF_FIRST, BACKOFF_MAX = 1.0, 60.0
 MAX_ATTEMPTS = 3
 #: how often the thread wakes inside IDLE or a wait to notice it was asked to stop
 TICK = 0.5
+#: longest a standing-by watcher waits before asking for the mailbox's lease again
+STANDBY_POLL_SECONDS = 10.0
 #: socket timeout for ordinary commands (IDLE has its own)
 COMMAND_TIMEOUT = 120.0
 
@@ -79,6 +87,10 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 
 
 Receive = Callable[..., "IntakeResult | None"]
+
+
+class LeaseLost(Exception):
+    """Another process took the mailbox's lease (ours lapsed): this one stands by."""
 
 
 class ImapConfigError(Exception):
@@ -220,12 +232,14 @@ class Mailbox:
             # "compact" would do anyway.
             self.client.expunge()
 
-    def wait(self, stop: threading.Event) -> None:
-        """Return when new mail may be there, the IDLE is due for renewal, or ``stop``."""
+    def wait(self, stop: threading.Event, tick: Callable[[], None] = lambda: None) -> None:
+        """Return when new mail may be there, the IDLE is due for renewal, or ``stop``;
+        ``tick`` is called every ``TICK`` seconds meanwhile (and may raise to end it)."""
         if not self.has_idle:
             deadline = time.monotonic() + self.settings.imap_poll_seconds
             while not stop.is_set() and time.monotonic() < deadline:
                 stop.wait(min(TICK, max(0.0, deadline - time.monotonic())))
+                tick()
             if not stop.is_set():
                 self.client.noop()
                 self.check_uidvalidity()
@@ -239,6 +253,7 @@ class Mailbox:
                 spoiled = [r for r in responses if _is_trouble(r)]
                 if spoiled or any(_is_news(r) for r in responses):
                     break
+                tick()
         finally:
             self.client.idle_done()
         if spoiled:
@@ -287,37 +302,85 @@ class ImapWatcher:
         self.totals = Pass()
         self.last_error = ""
         self._config_error_logged = ""
+        #: this watcher's name in the mailbox's lease, and who holds it while we stand by
+        self.holder = leases.holder_name(str(self.settings.data_dir))
+        self.standing_by = ""
+        self._renewed = 0.0
 
     # ---- the loop ---------------------------------------------------------------
     def run(self) -> None:
         backoff = BACKOFF_FIRST
-        while not self.stopping.is_set():
+        try:
+            while not self.stopping.is_set():
+                backoff = self._round(backoff)
+        finally:
             try:
-                self._session()
-            except ImapConfigError as exc:
-                self._config_problem(str(exc))
-                self._sleep(self.settings.imap_auth_retry_seconds)
-                continue
-            except DatabaseUnavailable as exc:
-                self._trouble(f"database unavailable ({str(exc)[:120]}); mail stays on the server")
-            except CONNECTION_ERRORS as exc:
-                if self.stopping.is_set():
-                    break
-                self._trouble(f"connection to {self.settings.imap_host}:{self.settings.imap_port} lost: {type(exc).__name__}: {str(exc)[:200]}")
-            except Exception:
-                log.exception("IMAP watcher: unexpected error; reconnecting")
-            else:
-                continue  # only when stopping
-            if self.idle_ready.is_set():
-                backoff = BACKOFF_FIRST  # the session had worked: this is a fresh trouble
-            self.idle_ready.clear()
-            # Jitter, so several privbot processes do not reconnect in lockstep.
-            self._sleep(backoff * random.uniform(0.8, 1.2))
-            backoff = min(BACKOFF_MAX, backoff * 2)
+                leases.release(self.services.db, self.lease_name, self.holder)
+            except Exception:  # noqa: BLE001 - the database may be gone; the lease then lapses
+                log.debug("IMAP: could not release the mailbox's lease", exc_info=True)
         log.info("IMAP watcher stopped")
+
+    def _round(self, backoff: float) -> float:
+        """Hold the mailbox and run one session; the backoff for the next round."""
+        try:
+            if not self._hold():
+                self._sleep(min(self.settings.imap_lease_seconds / 3, STANDBY_POLL_SECONDS))
+                return BACKOFF_FIRST
+            self._session()
+        except LeaseLost as exc:
+            log.warning("IMAP: %s; standing by", exc)
+            return BACKOFF_FIRST
+        except ImapConfigError as exc:
+            self._config_problem(str(exc))
+            self._sleep(self.settings.imap_auth_retry_seconds)
+            return backoff
+        except DatabaseUnavailable as exc:
+            self._trouble(f"database unavailable ({str(exc)[:120]}); mail stays on the server")
+        except CONNECTION_ERRORS as exc:
+            if self.stopping.is_set():
+                return backoff
+            self._trouble(f"connection to {self.settings.imap_host}:{self.settings.imap_port} lost: {type(exc).__name__}: {str(exc)[:200]}")
+        except Exception:
+            log.exception("IMAP watcher: unexpected error; reconnecting")
+        else:
+            return backoff  # only when stopping
+        if self.idle_ready.is_set():
+            backoff = BACKOFF_FIRST  # the session had worked: this is a fresh trouble
+        self.idle_ready.clear()
+        # Jitter, so several privbot processes do not reconnect in lockstep.
+        self._sleep(backoff * random.uniform(0.8, 1.2))
+        return min(BACKOFF_MAX, backoff * 2)
 
     def stop(self) -> None:
         self.stopping.set()
+
+    # ---- the mailbox's lease -----------------------------------------------------
+    @property
+    def lease_name(self) -> str:
+        s = self.settings
+        return f"imap:{s.imap_host.lower()}:{s.imap_port}:{s.imap_user}:{s.imap_folder}"[:400]
+
+    def _hold(self) -> bool:
+        """Take or renew the mailbox's lease; when another process has it, say so once."""
+        if leases.claim(self.services.db, self.lease_name, self.holder, self.settings.imap_lease_seconds):
+            self._renewed = time.monotonic()
+            if self.standing_by:
+                log.info("IMAP: taking the mailbox over from %s", self.standing_by)
+                self.standing_by = ""
+            return True
+        held = leases.held_by(self.services.db, self.lease_name)
+        who = held[0] if held else "another process"
+        if who != self.standing_by:
+            log.info("IMAP: %s is watching this mailbox; standing by", who)
+        self.standing_by = who
+        return False
+
+    def _renew(self) -> None:
+        """While working: renew the lease once a third of it has gone."""
+        if time.monotonic() - self._renewed < self.settings.imap_lease_seconds / 3:
+            return
+        if not self._hold():
+            raise LeaseLost(f"{self.standing_by} took the mailbox over (this watcher's lease had lapsed)")
 
     def _session(self) -> None:
         self.idle_ready.clear()
@@ -343,7 +406,7 @@ class ImapWatcher:
                 self.idle_ready.set()
                 if self.stopping.is_set():
                     break
-                box.wait(self.stopping)
+                box.wait(self.stopping, self._renew)
         except BaseException:
             box.close(graceful=False)
             raise
@@ -366,6 +429,7 @@ class ImapWatcher:
                 if self.stopping.is_set():
                     break
                 self._batch(box, batch, done)
+                self._renew()
                 if done.processed and done.processed % 1000 < len(batch):
                     log.info("IMAP: %d taken in so far", done.processed)
         if done.processed:

@@ -345,6 +345,18 @@ class LoginFailure(Base):
     at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
 
 
+class Lease(Base):
+    """Who is doing a job that only one process should do at a time (watching one IMAP
+    mailbox), and until when.  Held by renewing it; free once expired or released; taken
+    by a conditional UPDATE (:mod:`privbot.leases`)."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(400), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class TelegramChat(Base):
     """One Telegram chat's conversation with the bot, kept here (not in memory) so a
     restart resumes mid-conversation: the step, the pending request, the language, the

@@ -1,0 +1,74 @@
+"""Leases: a job only one privbot process should do at a time, handed over when it lapses.
+
+Why this module exists: any number of privbot processes may share one database, and
+most of their work is already shared safely (sweeps claim rows, the outbox locks them).
+Watching an IMAP mailbox is not row work: every watcher would read every new message.
+So a watcher holds a lease on its mailbox — a row with a holder and an expiry — renews
+it while it works, and releases it when it stops; the others stand by, and one of them
+takes the lease once it is free or has lapsed (a holder that died without releasing).
+
+A lease is an economy, not the guarantee of exactly-once: the pipeline's
+de-duplication still makes a message delivered twice one ticket, so two holders for a
+moment (a renewal that came too late) cost repeated work, never a second answer.
+
+Taken as healthchecks claims work: by one conditional UPDATE ("mine, or expired"), and,
+for a lease never taken before, an INSERT that the primary key lets only one process win.
+"""
+
+from __future__ import annotations
+
+import socket
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
+
+from privbot import clock
+from privbot.store.db import Database
+from privbot.store.models import Lease
+
+
+def holder_name(place: str) -> str:
+    """The holder's name for a process working from ``place`` (its data directory) on
+    this host.  The same after a restart, so a process that crashed without releasing
+    its lease takes it back at once instead of waiting for it to lapse; two processes
+    working from the same place share a name (and then, as before leases, both work)."""
+    return f"{socket.gethostname()[:80]}:{place}"[:200]
+
+
+def claim(db: Database, name: str, holder: str, seconds: float) -> bool:
+    """Take or renew the lease ``name`` for ``seconds``; whether ``holder`` has it now."""
+    now = clock.now()
+    until = now + timedelta(seconds=seconds)
+    with db.transaction() as session:
+        taken = session.execute(
+            update(Lease)
+            .where(Lease.name == name, (Lease.holder == holder) | (Lease.expires_at < now))
+            .values(holder=holder, expires_at=until)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+    if taken:
+        return True
+    try:
+        with db.transaction() as session:
+            if session.get(Lease, name) is not None:  # held by another, not yet expired
+                return False
+            session.add(Lease(name=name, holder=holder, expires_at=until))
+    except IntegrityError:  # another process inserted it first
+        return False
+    return True
+
+
+def release(db: Database, name: str, holder: str) -> None:
+    """Give the lease up at once (a no-op if ``holder`` no longer has it)."""
+    with db.transaction() as session:
+        session.execute(delete(Lease).where(Lease.name == name, Lease.holder == holder).execution_options(synchronize_session=False))
+
+
+def held_by(db: Database, name: str) -> tuple[str, datetime] | None:
+    """Who holds ``name`` and until when (None: nobody, or it has lapsed)."""
+    with db.transaction() as session:
+        row = session.execute(select(Lease.holder, Lease.expires_at).where(Lease.name == name)).first()
+    if row is None or clock.ensure_aware(row.expires_at) < clock.now():
+        return None
+    return row.holder, clock.ensure_aware(row.expires_at)
