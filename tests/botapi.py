@@ -62,6 +62,10 @@ class FakeBotAPI:
         #: while set, sendMessage calls wait (a slow network the bot may be killed during)
         self.hold_sends = threading.Event()
         self.held = 0
+        #: getUpdates calls ended by a newer one, as Telegram ends them ("409 Conflict:
+        #: terminated by other getUpdates request") when two processes poll one bot
+        self.conflicts = 0
+        self._poll_generation = 0
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -158,8 +162,15 @@ class FakeBotAPI:
         timeout = float(p.get("timeout") or 0)
         limit = int(p.get("limit") or 100)
         deadline = time.monotonic() + timeout
+        with self._lock:
+            self._poll_generation += 1
+            mine = self._poll_generation
         while True:
             with self._lock:
+                if self._poll_generation != mine:
+                    self.conflicts += 1
+                    return JSONResponse({"ok": False, "error_code": 409, "description": "Conflict: terminated by other getUpdates "
+                                         "request; make sure that only one bot instance is running"}, status_code=409)
                 if offset:
                     # Telegram forgets every update below the offset: they are confirmed.
                     self._updates = [u for u in self._updates if u["update_id"] >= offset]

@@ -165,8 +165,9 @@ def test_three_nodes_take_2000_messages_by_imap_and_smtp_once_each(nodes: list[i
     outcomes = Counter((status, attempts) for _, status, attempts in items)
     assert outcomes == {("sent", 1): privacy}, f"after {elapsed:.0f} s: {dict(outcomes)}"
     assert imap_account.count("INBOX") == 0
-    # Every IMAP request reached Processed.  (Counted by Message-ID: three watchers moving
-    # the same UIDs at once can leave extra copies there; see docs/deployment.md.)
+    # Every IMAP request reached Processed.  (Counted by Message-ID: the nodes share one
+    # data directory on one host, hence one name in the mailbox's lease, so all three
+    # watch at once — the worst case — and moving the same UIDs can leave extra copies.)
     processed = {message_id_of(raw) for raw in imap_account.fetch_all("Processed")}
     assert processed == {f"<many-{i}@example.org>" for i in imap_numbers}
     # Each acknowledgement was written exactly once into the outbox Maildir.

@@ -363,6 +363,32 @@ async def test_a_failed_answer_is_retried_and_the_update_handled_once(services: 
         assert s.scalar(select(func.count()).select_from(TelegramUpdate)) == 1
 
 
+async def test_two_processes_with_one_bot_take_turns_polling_and_the_other_takes_over_when_the_first_stops(
+    tg_settings: Settings, services: Services, api: FakeBotAPI,
+) -> None:
+    tg_settings.telegram_lease_seconds = 3.0
+    first, second = TelegramComponent(services), TelegramComponent(services)
+    second.holder += ":elsewhere"  # another host or data directory, as another process would be
+    await first.start()
+    await second.start()
+    try:
+        hana = User(api, 444)
+        for i in range(3):
+            hana.say("/help")
+            await hana.expect("/status", timeout=10)
+        await hana.quiet(2.5)  # past the lease's renewal: still one poller
+        assert sum("/status" in m.text for m in hana.messages) == 3
+        assert api.conflicts == 0 and second.standing_by == first.holder  # Telegram never saw two pollers
+        await first.stop()  # gives the lease up: the other process takes over
+        hana.say("/help")
+        await hana.expect("/status", timeout=10)
+        assert second.standing_by == ""
+        with services.db.transaction() as s:
+            assert s.scalar(select(func.count()).select_from(TelegramUpdate)) == 4  # each update handled once
+    finally:
+        await second.stop()
+
+
 async def test_a_flooding_chat_gets_one_notice_then_silence_for_a_minute(
     tg_settings: Settings, services: Services, api: FakeBotAPI, frozen_clock: object
 ) -> None:

@@ -66,6 +66,8 @@ class Settings:
     telegram_api_url: str = ""
     #: long-poll wait per getUpdates call, seconds
     telegram_poll_timeout: float = 30.0
+    #: one process at a time long-polls the bot; another takes over this long after it died
+    telegram_lease_seconds: float = 90.0
     #: messages one chat may send per minute; beyond that one notice, then silence
     telegram_flood_per_minute: int = 20
     #: webhook instead of long polling: the public https URL Telegram posts to ...
@@ -246,6 +248,11 @@ def validate(s: Settings) -> None:
         raise ConfigError(f"PRIVBOT_LEGAL_CLOCK: expected default, gdpr, uk, ccpa or pdpa, got {s.legal_clock!r}")
     if s.log_format not in ("text", "json"):
         raise ConfigError(f"PRIVBOT_LOG_FORMAT: expected text or json, got {s.log_format!r}")
+    if s.telegram_lease_seconds < 3 * max(s.telegram_poll_timeout, 1):
+        raise ConfigError(
+            f"PRIVBOT_TELEGRAM_LEASE_SECONDS: must be at least three poll timeouts ({3 * max(s.telegram_poll_timeout, 1):g}), "
+            f"got {s.telegram_lease_seconds:g}"
+        )
     if s.telegram_flood_per_minute < 1:
         raise ConfigError(f"PRIVBOT_TELEGRAM_FLOOD_PER_MINUTE: must be at least 1, got {s.telegram_flood_per_minute}")
     if s.telegram_webhook_url:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -30,7 +31,9 @@ from telegram.constants import MessageLimit
 from telegram.error import BadRequest, Forbidden, InvalidToken, TelegramError
 from telegram.ext import Application, CallbackQueryHandler, ContextTypes, MessageHandler, filters
 
+from privbot import leases
 from privbot.chat import ChatEvent, Conversation, Handled, Reply
+from privbot.store.db import DatabaseUnavailable
 
 if TYPE_CHECKING:
     from privbot.app import Services
@@ -42,6 +45,8 @@ TELEGRAM_API = "https://api.telegram.org"
 #: what privbot asks Telegram for; everything else (channel posts, edits...) is not a request
 ALLOWED_UPDATES = ["message", "callback_query"]
 COMMANDS = ("start", "status", "cancel", "forget", "help")
+#: longest a standing-by process waits before asking for the polling lease again
+STANDBY_POLL_SECONDS = 10.0
 
 
 def api_base(settings: Settings) -> str:
@@ -208,6 +213,11 @@ class TelegramComponent:
         self._task: asyncio.Task[None] | None = None
         self._server: Any = None
         self.offset: int | None = None
+        #: long polling is one process's job (two getUpdates callers make Telegram refuse
+        #: both): this process's name in the bot's lease, and who has it while we stand by
+        self.holder = leases.holder_name(str(services.settings.data_dir))
+        self.standing_by = ""
+        self._renewed = -float("inf")
 
     async def start(self) -> None:
         settings = self.services.settings
@@ -248,6 +258,10 @@ class TelegramComponent:
                 await self._task
             except (asyncio.CancelledError, Exception):
                 pass
+            try:  # another process standing by takes the polling over at once
+                await asyncio.to_thread(leases.release, self.services.db, self.lease_name, self.holder)
+            except Exception:  # noqa: BLE001 - the database may be gone; the lease then lapses
+                log.debug("Telegram: could not release the bot's lease", exc_info=True)
         if self.bot.marking is not None:  # an answer being shown at the stop: finish and record it
             try:
                 await self.bot.marking
@@ -260,10 +274,45 @@ class TelegramComponent:
             self.services.transports.pop("telegram", None)
         await self.bot.app.shutdown()
 
+    @property
+    def lease_name(self) -> str:
+        return f"telegram:{self.bot.app.bot.id}"  # the bot's id: the token's public half
+
+    def _hold(self) -> bool:
+        """Take the bot's polling lease, or renew it once a third of it has gone; when
+        another process has it, say so once.  Taking it over, start from what that
+        process committed."""
+        lease = self.services.settings.telegram_lease_seconds
+        if not self.standing_by and time.monotonic() - self._renewed < lease / 3:
+            return True
+        if leases.claim(self.services.db, self.lease_name, self.holder, lease):
+            self._renewed = time.monotonic()
+            if self.standing_by:
+                log.info("Telegram: taking the bot's polling over from %s", self.standing_by)
+                self.standing_by = ""
+                self.offset = self.bot.conversation.next_offset()
+            return True
+        held = leases.held_by(self.services.db, self.lease_name)
+        who = held[0] if held else "another process"
+        if who != self.standing_by:
+            log.info("Telegram: %s is polling this bot; standing by", who)
+        self.standing_by = who
+        return False
+
     async def _poll(self) -> None:
         timeout = max(0, int(self.services.settings.telegram_poll_timeout))
         delay = 1.0
         while True:
+            try:
+                held = await asyncio.to_thread(self._hold)
+            except DatabaseUnavailable as exc:
+                log.warning("Telegram: database unavailable (%s); polling paused", str(exc)[:120])
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 60.0)
+                continue
+            if not held:
+                await asyncio.sleep(min(self.services.settings.telegram_lease_seconds / 3, STANDBY_POLL_SECONDS))
+                continue
             try:
                 updates = await self.bot.app.bot.get_updates(
                     offset=self.offset, timeout=timeout, allowed_updates=ALLOWED_UPDATES, read_timeout=timeout + 10
