@@ -17,7 +17,9 @@ for a lease never taken before, an INSERT that the primary key lets only one pro
 
 from __future__ import annotations
 
+import logging
 import socket
+import time
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select, update
@@ -26,6 +28,8 @@ from sqlalchemy.exc import IntegrityError
 from privbot import clock
 from privbot.store.db import Database
 from privbot.store.models import Lease
+
+log = logging.getLogger(__name__)
 
 
 def holder_name(place: str) -> str:
@@ -72,3 +76,42 @@ def held_by(db: Database, name: str) -> tuple[str, datetime] | None:
     if row is None or clock.ensure_aware(row.expires_at) < clock.now():
         return None
     return row.holder, clock.ensure_aware(row.expires_at)
+
+
+class Turn:
+    """This process's turn at one job (watching a mailbox, polling a bot): take it,
+    renew it while working, and stand by — saying once who has it — while another
+    process does."""
+
+    def __init__(self, db: Database, name: str, holder: str, seconds: float, job: str) -> None:
+        self.db, self.name, self.holder, self.seconds, self.job = db, name, holder, seconds, job
+        #: who has the job while this process stands by ("" while it is ours, or not asked yet)
+        self.standing_by = ""
+        self._renewed = -float("inf")
+
+    @property
+    def renewal_due(self) -> bool:
+        """A third of the lease has gone since it was last taken or renewed."""
+        return time.monotonic() - self._renewed >= self.seconds / 3
+
+    def take(self) -> bool:
+        """Take or renew the lease; False while another process holds it."""
+        if claim(self.db, self.name, self.holder, self.seconds):
+            self._renewed = time.monotonic()
+            if self.standing_by:
+                log.info("%s: taking over from %s", self.job, self.standing_by)
+                self.standing_by = ""
+            return True
+        held = held_by(self.db, self.name)
+        who = held[0] if held else "another process"
+        if who != self.standing_by:
+            log.info("%s: %s has it; standing by", self.job, who)
+        self.standing_by = who
+        return False
+
+    def give_up(self) -> None:
+        """Release the lease (never raises: if the database is gone, the lease lapses)."""
+        try:
+            release(self.db, self.name, self.holder)
+        except Exception:  # noqa: BLE001
+            log.debug("%s: could not release the lease", self.job, exc_info=True)

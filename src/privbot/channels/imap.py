@@ -302,10 +302,9 @@ class ImapWatcher:
         self.totals = Pass()
         self.last_error = ""
         self._config_error_logged = ""
-        #: this watcher's name in the mailbox's lease, and who holds it while we stand by
+        #: this watcher's name in the mailbox's lease (the turn is made at the first round)
         self.holder = leases.holder_name(str(self.settings.data_dir))
-        self.standing_by = ""
-        self._renewed = 0.0
+        self._turn: leases.Turn | None = None
 
     # ---- the loop ---------------------------------------------------------------
     def run(self) -> None:
@@ -314,16 +313,13 @@ class ImapWatcher:
             while not self.stopping.is_set():
                 backoff = self._round(backoff)
         finally:
-            try:
-                leases.release(self.services.db, self.lease_name, self.holder)
-            except Exception:  # noqa: BLE001 - the database may be gone; the lease then lapses
-                log.debug("IMAP: could not release the mailbox's lease", exc_info=True)
+            self.turn.give_up()
         log.info("IMAP watcher stopped")
 
     def _round(self, backoff: float) -> float:
         """Hold the mailbox and run one session; the backoff for the next round."""
         try:
-            if not self._hold():
+            if not self.turn.take():
                 self._sleep(min(self.settings.imap_lease_seconds / 3, STANDBY_POLL_SECONDS))
                 return BACKOFF_FIRST
             self._session()
@@ -360,26 +356,21 @@ class ImapWatcher:
         s = self.settings
         return f"imap:{s.imap_host.lower()}:{s.imap_port}:{s.imap_user}:{s.imap_folder}"[:400]
 
-    def _hold(self) -> bool:
-        """Take or renew the mailbox's lease; when another process has it, say so once."""
-        if leases.claim(self.services.db, self.lease_name, self.holder, self.settings.imap_lease_seconds):
-            self._renewed = time.monotonic()
-            if self.standing_by:
-                log.info("IMAP: taking the mailbox over from %s", self.standing_by)
-                self.standing_by = ""
-            return True
-        held = leases.held_by(self.services.db, self.lease_name)
-        who = held[0] if held else "another process"
-        if who != self.standing_by:
-            log.info("IMAP: %s is watching this mailbox; standing by", who)
-        self.standing_by = who
-        return False
+    @property
+    def turn(self) -> leases.Turn:
+        if self._turn is None:
+            self._turn = leases.Turn(self.services.db, self.lease_name, self.holder, self.settings.imap_lease_seconds,
+                                     "IMAP: watching this mailbox")
+        return self._turn
+
+    @property
+    def standing_by(self) -> str:
+        """Who watches the mailbox while this watcher stands by ("" while it is ours)."""
+        return self.turn.standing_by
 
     def _renew(self) -> None:
         """While working: renew the lease once a third of it has gone."""
-        if time.monotonic() - self._renewed < self.settings.imap_lease_seconds / 3:
-            return
-        if not self._hold():
+        if self.turn.renewal_due and not self.turn.take():
             raise LeaseLost(f"{self.standing_by} took the mailbox over (this watcher's lease had lapsed)")
 
     def _session(self) -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import time
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -214,10 +213,9 @@ class TelegramComponent:
         self._server: Any = None
         self.offset: int | None = None
         #: long polling is one process's job (two getUpdates callers make Telegram refuse
-        #: both): this process's name in the bot's lease, and who has it while we stand by
+        #: both): this process's name in the bot's lease (the turn is made when polling starts)
         self.holder = leases.holder_name(str(services.settings.data_dir))
-        self.standing_by = ""
-        self._renewed = -float("inf")
+        self._turn: leases.Turn | None = None
 
     async def start(self) -> None:
         settings = self.services.settings
@@ -258,10 +256,8 @@ class TelegramComponent:
                 await self._task
             except (asyncio.CancelledError, Exception):
                 pass
-            try:  # another process standing by takes the polling over at once
-                await asyncio.to_thread(leases.release, self.services.db, self.lease_name, self.holder)
-            except Exception:  # noqa: BLE001 - the database may be gone; the lease then lapses
-                log.debug("Telegram: could not release the bot's lease", exc_info=True)
+            if self._turn is not None:  # another process standing by takes the polling over at once
+                await asyncio.to_thread(self._turn.give_up)
         if self.bot.marking is not None:  # an answer being shown at the stop: finish and record it
             try:
                 await self.bot.marking
@@ -275,29 +271,29 @@ class TelegramComponent:
         await self.bot.app.shutdown()
 
     @property
-    def lease_name(self) -> str:
-        return f"telegram:{self.bot.app.bot.id}"  # the bot's id: the token's public half
+    def turn(self) -> leases.Turn:
+        if self._turn is None:  # named after the bot's id (the token's public half): known once started
+            self._turn = leases.Turn(self.services.db, f"telegram:{self.bot.app.bot.id}", self.holder,
+                                     self.services.settings.telegram_lease_seconds, "Telegram: polling this bot")
+        return self._turn
+
+    @property
+    def standing_by(self) -> str:
+        """Who polls the bot while this process stands by ("" while it is ours)."""
+        return self._turn.standing_by if self._turn is not None else ""
 
     def _hold(self) -> bool:
-        """Take the bot's polling lease, or renew it once a third of it has gone; when
-        another process has it, say so once.  Taking it over, start from what that
-        process committed."""
-        lease = self.services.settings.telegram_lease_seconds
-        if not self.standing_by and time.monotonic() - self._renewed < lease / 3:
+        """Take the polling lease, or renew it once a third of it has gone.  Taking it
+        over from another process, start from what that process committed."""
+        turn = self.turn
+        if not turn.standing_by and not turn.renewal_due:
             return True
-        if leases.claim(self.services.db, self.lease_name, self.holder, lease):
-            self._renewed = time.monotonic()
-            if self.standing_by:
-                log.info("Telegram: taking the bot's polling over from %s", self.standing_by)
-                self.standing_by = ""
-                self.offset = self.bot.conversation.next_offset()
-            return True
-        held = leases.held_by(self.services.db, self.lease_name)
-        who = held[0] if held else "another process"
-        if who != self.standing_by:
-            log.info("Telegram: %s is polling this bot; standing by", who)
-        self.standing_by = who
-        return False
+        was_standing_by = bool(turn.standing_by)
+        if not turn.take():
+            return False
+        if was_standing_by:
+            self.offset = self.bot.conversation.next_offset()
+        return True
 
     async def _poll(self) -> None:
         timeout = max(0, int(self.services.settings.telegram_poll_timeout))
