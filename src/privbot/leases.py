@@ -2,14 +2,17 @@
 
 Why this module exists: any number of privbot processes may share one database, and
 most of their work is already shared safely (sweeps claim rows, the outbox locks them).
-Watching an IMAP mailbox is not row work: every watcher would read every new message.
-So a watcher holds a lease on its mailbox — a row with a holder and an expiry — renews
-it while it works, and releases it when it stops; the others stand by, and one of them
-takes the lease once it is free or has lapsed (a holder that died without releasing).
+Watching an IMAP mailbox is not row work (every watcher would read every new message),
+nor is long-polling a Telegram bot (Telegram ends one poller's ``getUpdates`` when
+another's arrives).  So the process doing such a job holds a lease on it — a row with a
+holder and an expiry — renews it while it works, and releases it when it stops; the
+others stand by (:class:`Turn`), and one of them takes the lease once it is free or has
+lapsed (a holder that died without releasing).
 
 A lease is an economy, not the guarantee of exactly-once: the pipeline's
-de-duplication still makes a message delivered twice one ticket, so two holders for a
-moment (a renewal that came too late) cost repeated work, never a second answer.
+de-duplication (and, for Telegram, the committed update ids) still makes a message
+delivered twice one ticket, so two holders for a moment (a renewal that came too late)
+cost repeated work, never a second answer.
 
 Taken as healthchecks claims work: by one conditional UPDATE ("mine, or expired"), and,
 for a lease never taken before, an INSERT that the primary key lets only one process win.
