@@ -88,6 +88,19 @@ def test_metrics_show_messages_tickets_backlog_and_nearest_deadline(services: Se
     assert after[("privbot_tickets_overdue", ())] == 2
 
 
+def test_metrics_say_whether_a_mailbox_is_watched_without_naming_it(services: Services, frozen_clock: object) -> None:
+    from privbot import leases
+
+    assert scrape(services)[("privbot_leases_held", (("job", "imap"),))] == 0
+    assert leases.claim(services.db, "imap:mail.example.org:993:privacy@example.com:INBOX", "node-a:/var/lib/privbot", 60)
+    m = scrape(services)
+    assert m[("privbot_leases_held", (("job", "imap"),))] == 1 and m[("privbot_leases_held", (("job", "telegram"),))] == 0
+    with TestClient(ops_app(services)) as client:
+        assert "privacy@example.com" not in client.get("/metrics").text and "node-a" not in client.get("/metrics").text
+    clock.fast_forward(seconds=61)  # its holder died: nobody watches the mailbox now
+    assert scrape(services)[("privbot_leases_held", (("job", "imap"),))] == 0
+
+
 def test_metrics_count_what_other_processes_received(services: Services) -> None:
     # A second privbot process on the same database: its /metrics sees the first's mail.
     other = build_services(services.settings)

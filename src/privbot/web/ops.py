@@ -30,7 +30,7 @@ from starlette.routing import Route
 
 from privbot import clock
 from privbot.domain import OPEN_STATUSES, Status
-from privbot.store.models import Message, OutboxItem, Shunted, Ticket
+from privbot.store.models import Lease, Message, OutboxItem, Shunted, Ticket
 
 if TYPE_CHECKING:
     from privbot.app import Services
@@ -62,6 +62,7 @@ class StoreCollector(Collector):
                 select(func.count(Ticket.id)).where(Ticket.status.in_(open_states), Ticket.due_at < now)
             ) or 0
             shunted = session.scalar(select(func.count(Shunted.id)).where(Shunted.status == "pending")) or 0
+            held = [name for name, until in session.execute(select(Lease.name, Lease.expires_at)) if clock.ensure_aware(until) >= now]
 
         received = CounterMetricFamily("privbot_messages_received", "Messages received, by channel (from the store)", labels=["channel"])
         for channel, count in by_channel:
@@ -95,6 +96,16 @@ class StoreCollector(Collector):
             )
         yield GaugeMetricFamily("privbot_tickets_overdue", "Open tickets past their deadline", value=overdue)
         yield GaugeMetricFamily("privbot_shunt_pending", "Messages kept in the shunt, waiting for a re-run", value=shunted)
+
+        # Whether some process is doing each one-at-a-time job: 0 while IMAP or long
+        # polling is configured means nobody watches that mailbox or polls that bot.
+        # Counted by kind only — a lease's name holds the mailbox's login.
+        leases = GaugeMetricFamily(
+            "privbot_leases_held", "Unexpired leases by job: IMAP mailboxes watched, Telegram bots polled", labels=["job"]
+        )
+        for job in ("imap", "telegram"):
+            leases.add_metric([job], sum(1 for name in held if name.startswith(job + ":")))
+        yield leases
 
 
 def routes(services: Services) -> list[Route]:
