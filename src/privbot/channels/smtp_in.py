@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from privbot.channels.parse import normalise_address
+from privbot.channels.parse import DOT_ATOM, normalise_address
 from privbot.groupcommit import GroupCommitter
 
 if TYPE_CHECKING:
@@ -29,8 +29,7 @@ log = logging.getLogger(__name__)
 #: the path almost every MAIL FROM and RCPT TO carries: ``<dot-atom@host.name>`` and,
 #: after it, the command's parameters
 _PLAIN_PATH = re.compile(
-    r"\s*<([A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
-    r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>\s*(.*)",
+    rf"\s*<({DOT_ATOM}@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>\s*(.*)",
     re.DOTALL,
 )
 
