@@ -79,6 +79,11 @@ class Base(DeclarativeBase):
 _COLUMNS: dict[type, frozenset[str]] = {}
 
 
+def _only(condition: str) -> dict[str, Any]:
+    """A partial index's condition, the same on both backends."""
+    return {"sqlite_where": text(condition), "postgresql_where": text(condition)}
+
+
 class Ticket(Base):
     __tablename__ = "tickets"
     __table_args__ = (
@@ -86,9 +91,8 @@ class Ticket(Base):
         Index("ix_tickets_status_due", "status", "due_at"),
         # Only the rows that have a value are ever looked up (a chat's tickets; tickets
         # whose clock is paused): the others, most of them, stay out of the index.
-        Index("ix_tickets_chat_id_set", "chat_id", sqlite_where=text("chat_id IS NOT NULL"), postgresql_where=text("chat_id IS NOT NULL")),
-        Index("ix_tickets_paused", "clock_paused_at", sqlite_where=text("clock_paused_at IS NOT NULL"),
-              postgresql_where=text("clock_paused_at IS NOT NULL")),
+        Index("ix_tickets_chat_id_set", "chat_id", **_only("chat_id IS NOT NULL")),
+        Index("ix_tickets_paused", "clock_paused_at", **_only("clock_paused_at IS NOT NULL")),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -143,7 +147,7 @@ class Message(Base):
     #: threading looks up privbot's own messages by Message-ID, never a requester's
     #: (a repeated delivery is found by dedupe_key): only outgoing ids are indexed
     __table_args__ = (
-        Index("ix_messages_out_message_id", "message_id", sqlite_where=text("direction = 'out'"), postgresql_where=text("direction = 'out'")),
+        Index("ix_messages_out_message_id", "message_id", **_only("direction = 'out'")),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -347,7 +351,7 @@ class LoginFailure(Base):
 
 class Lease(Base):
     """Who is doing a job that only one process should do at a time (watching one IMAP
-    mailbox), and until when.  Held by renewing it; free once expired or released; taken
+    mailbox, long-polling one Telegram bot), and until when.  Held by renewing it; free once expired or released; taken
     by a conditional UPDATE (:mod:`privbot.leases`)."""
 
     __tablename__ = "leases"
