@@ -166,8 +166,14 @@ def run_sink(connections: int = CONNECTIONS) -> Blast:
         ctl.stop()
 
 
-def run_privbot(url: str, data_dir: Path, connections: int) -> tuple[Blast, int, int, float]:
-    """The run, tickets committed, acknowledgements queued, mean messages per commit."""
+#: what a privbot run gives: the run, tickets committed, acknowledgements queued, mean
+#: messages per commit, and the group committer's milliseconds per group spent waiting
+#: for a group's first message, waiting for the rest of it, and committing it
+Outcome = tuple[Blast, int, int, float, tuple[float, float, float]]
+
+
+def run_privbot(url: str, data_dir: Path, connections: int) -> Outcome:
+    """One privbot run over ``connections`` clients (see :data:`Outcome`)."""
     from privbot.app import build_services
     from privbot.channels.smtp_in import controller
     from privbot.config import Settings
@@ -189,7 +195,9 @@ def run_privbot(url: str, data_dir: Path, connections: int) -> tuple[Blast, int,
         queued = s.scalar(select(func.count(OutboxItem.id))) or 0
     services.db.dispose()
     committer = ctl.handler.committer
-    return run, tickets, queued, committer.committed / max(committer.commits, 1)
+    groups = max(committer.commits, 1)
+    turns = tuple(1000 * seconds / groups for seconds in (committer.idle_seconds, committer.linger_seconds, committer.commit_seconds))
+    return run, tickets, queued, committer.committed / groups, turns  # type: ignore[return-value]
 
 
 #: rounds of (sink, SQLite, PostgreSQL) per number of connections; the median is reported
@@ -212,7 +220,7 @@ def main() -> None:
         have_pg = False
     for connections in (4, 16):
         sinks: list[Blast] = []
-        outcomes: dict[str, list[tuple[Blast, int, int, float]]] = {"SQLite": [], "PostgreSQL": []}
+        outcomes: dict[str, list[Outcome]] = {"SQLite": [], "PostgreSQL": []}
         for _ in range(ROUNDS):
             sinks.append(run_sink(connections))
             with tempfile.TemporaryDirectory() as tmp:
@@ -247,10 +255,10 @@ def _cpu(runs: list[Blast]) -> str:
 
 
 def _report(backend: str, sink: float, sink_cores: float, connections: int,
-            outcomes: list[tuple[Blast, int, int, float]]) -> None:
+            outcomes: list[Outcome]) -> None:
     # every client sends requests 0.. of the mix; the invoice question is triage: no acknowledgement
     expected = connections * sum(1 for i in range(N // connections) if "invoice" not in BODIES[i % len(BODIES)])
-    bad = [(tickets, queued) for _, tickets, queued, _ in outcomes if tickets != N or queued != expected]
+    bad = [(tickets, queued) for _, tickets, queued, _, _ in outcomes if tickets != N or queued != expected]
     check = "ok" if not bad else f"EXPECTED {N} tickets and {expected} acknowledgements, got {bad}"
     runs = [o[0] for o in outcomes]
     rate = median(r.rate for r in runs)
@@ -262,6 +270,12 @@ def _report(backend: str, sink: float, sink_cores: float, connections: int,
     cost = median((r.clients_cpu + r.server_cpu + r.database_cpu) / N for r in runs)
     print(f"    {_cpu(runs)}; at the sink's {sink_cores:.2f} cores busy, this CPU per message "
           f"would allow {sink_cores / cost:.0f} msg/s (ratio {sink_cores / cost / sink:.2f})")
+    # Each client sends its next message only after the 250 for the last, so the clients
+    # and the commits take turns: while a group commits its senders wait, and while they
+    # build and send their next messages the committer waits (docs/performance.md).
+    idle, linger, commit = (median(o[4][i] for o in outcomes) for i in range(3))
+    print(f"    per group, the committer waited {idle:.1f} ms for its first message and {linger:.1f} ms "
+          f"for the rest, then committed it in {commit:.1f} ms (busy {commit / (idle + linger + commit):.0%} of the time)")
 
 
 if __name__ == "__main__":

@@ -175,3 +175,31 @@ def test_a_session_that_gave_up_is_not_waited_for(services: Services, smtp_ctl: 
         assert time.monotonic() - started < 2.5
     assert answers == {"user1@example.org": 250}
     assert list(smtp_ctl.handler.committer.recent_groups) == [1]
+
+
+def test_the_committer_tells_apart_waiting_for_messages_and_committing_them(
+    services: Services, smtp_ctl: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What bench/bench_smtp.py reports per group: over a few connections the clients and
+    # the commits take turns, and these three figures show where a group's time goes.
+    real: Callable[..., Any] = groupcommit.receive_emails
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.2)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(groupcommit, "receive_emails", slow)
+    answers: dict[str, Any] = {}
+    started = time.perf_counter()
+    _deliver(smtp_ctl.port, _mail(0), "user0@example.org", answers)
+    time.sleep(0.3)  # nothing arrives: the committer waits for a first message
+    _deliver(smtp_ctl.port, _mail(1), "user1@example.org", answers)
+    elapsed = time.perf_counter() - started
+
+    assert answers == {"user0@example.org": 250, "user1@example.org": 250}
+    committer = smtp_ctl.handler.committer
+    assert committer.commits == 2
+    assert committer.commit_seconds >= 0.4  # two groups, each held 0.2 s in the pipeline
+    assert committer.idle_seconds >= 0.3  # the pause between the two deliveries
+    assert committer.linger_seconds < 0.1  # nobody else was sending: no group waited to fill
+    assert committer.idle_seconds + committer.linger_seconds + committer.commit_seconds <= elapsed

@@ -63,6 +63,12 @@ class GroupCommitter:
         self.commits = 0
         self.committed = 0
         self.recent_groups: deque[int] = deque(maxlen=100)
+        #: seconds the worker spent waiting for a group's first message, waiting for the
+        #: rest of a group, and committing groups (bench/bench_smtp.py prints them: over
+        #: a few connections the clients and the commits take turns, and this shows how)
+        self.idle_seconds = 0.0
+        self.linger_seconds = 0.0
+        self.commit_seconds = 0.0
 
     def expect(self, session: object) -> None:
         """``session`` began a mail transaction: a group may wait a moment for its message."""
@@ -98,6 +104,7 @@ class GroupCommitter:
 
     def _run(self) -> None:
         while True:
+            started = time.perf_counter()
             try:
                 first = self._queue.get(timeout=IDLE_SECONDS)
             except queue.Empty:
@@ -106,6 +113,7 @@ class GroupCommitter:
                         self._running = False
                         return
                 continue
+            got_first = time.perf_counter()
             group = [first]
             deadline = time.monotonic() + LINGER_SECONDS
             while len(group) < self.group_max:
@@ -121,9 +129,12 @@ class GroupCommitter:
                     group.append(self._queue.get(timeout=remaining))
                 except queue.Empty:
                     break
+            self.idle_seconds += got_first - started
+            self.linger_seconds += time.perf_counter() - got_first
             self._commit(group)
 
     def _commit(self, group: list[_Item]) -> None:
+        started = time.perf_counter()
         self.commits += 1
         self.committed += len(group)
         self.recent_groups.append(len(group))
@@ -144,6 +155,7 @@ class GroupCommitter:
                         outcomes.append(receive_email(self.services, raw, source=self.source))
                     except Exception as exc:
                         outcomes.append(exc)
+        self.commit_seconds += time.perf_counter() - started  # counted before any sender hears of it
         # One wake-up per event loop (there is usually one), not one per message: each
         # call_soon_threadsafe writes to the loop's self-pipe, which the loop then reads.
         answers: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[IntakeResult | None], Any]]] = {}
