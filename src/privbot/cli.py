@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import sys
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -276,6 +275,39 @@ def cmd_reprocess(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if failed else 0
 
 
+def _span(seconds: float) -> str:
+    """A duration as people read it in a listing: 52 s, 12 min, 3 h, 2 d."""
+    seconds = abs(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.0f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+def cmd_leases(args: argparse.Namespace, settings: Settings) -> int:
+    """Which process watches each IMAP mailbox and long-polls each Telegram bot — the
+    jobs only one process does at a time (privbot.leases) — and any nobody holds."""
+    from privbot import leases
+
+    services = _services(settings)
+    now = clock.now()
+    states = leases.every(services.db)
+    for lease in states:
+        held = lease.held(now)
+        if args.json:
+            print(json.dumps({"job": lease.job, "name": lease.name, "holder": lease.holder,
+                              "expires_at": lease.expires_at.isoformat(), "held": held}, ensure_ascii=False))
+        elif held:
+            print(f"{lease.job:<9} held by {lease.holder} until {lease.expires_at:%Y-%m-%d %H:%M:%S} UTC "
+                  f"(renewed while it works; lapses in {_span((lease.expires_at - now).total_seconds())})  {lease.name}")
+        else:
+            print(f"{lease.job:<9} LAPSED {_span((now - lease.expires_at).total_seconds())} ago: nobody holds it "
+                  f"(last {lease.holder}, which stopped without releasing it)  {lease.name}")
+    if not states and not args.json:
+        print("no leases: no process has watched an IMAP mailbox or long-polled a Telegram bot with this database")
+    return 0
+
+
 def cmd_audit_verify(args: argparse.Namespace, settings: Settings) -> int:
     from privbot.audit import verify_chain
 
@@ -360,6 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("reprocess", cmd_reprocess, "re-run messages kept in the shunt")
     sp.add_argument("ids", nargs="*", type=int)
     sp.add_argument("--list", action="store_true")
+    sp = add("leases", cmd_leases, "which process watches each IMAP mailbox and polls each Telegram bot")
+    sp.add_argument("--json", action="store_true")
     sp = add("audit", lambda a, s: (_ for _ in ()).throw(UsageError("audit: say 'audit verify'")), "audit trail tools")
     audit_sub = sp.add_subparsers(dest="audit_command", parser_class=_Parser)
     av = audit_sub.add_parser("verify", help="prove the audit trail is intact")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select, update
@@ -79,6 +80,33 @@ def held_by(db: Database, name: str) -> tuple[str, datetime] | None:
     if row is None or clock.ensure_aware(row.expires_at) < clock.now():
         return None
     return row.holder, clock.ensure_aware(row.expires_at)
+
+
+@dataclass(frozen=True)
+class LeaseState:
+    """One lease as the database has it: a job, who took it last, and until when."""
+
+    name: str
+    holder: str
+    expires_at: datetime
+
+    @property
+    def job(self) -> str:
+        """The kind of job: ``imap`` or ``telegram`` (what the name starts with)."""
+        return self.name.partition(":")[0]
+
+    def held(self, now: datetime) -> bool:
+        """Whether a process still holds it (False: it lapsed — its holder stopped without
+        releasing it, and nobody has taken it since)."""
+        return self.expires_at >= now
+
+
+def every(db: Database) -> list[LeaseState]:
+    """Every lease in the database, by name (for ``privbot leases``: which process does
+    which job)."""
+    with db.transaction() as session:
+        rows = session.execute(select(Lease.name, Lease.holder, Lease.expires_at).order_by(Lease.name)).all()
+    return [LeaseState(row.name, row.holder, clock.ensure_aware(row.expires_at)) for row in rows]
 
 
 class Turn:
