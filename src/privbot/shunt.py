@@ -49,7 +49,7 @@ def reprocess(services: Services, shunt_id: int) -> IntakeResult | None:
         row = session.get(Shunted, shunt_id)
         if row is None or row.status != "pending":
             return None
-        raw, source = row.raw, row.source
+        raw = row.raw
     result = receive_email(services, raw, source=f"reprocess:{shunt_id}", shunt_on_failure=False)
     if result is None:
         return None

@@ -30,7 +30,7 @@ from sqlalchemy import and_, case, delete, exists, func, literal, not_, or_, sel
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from privbot import audit, clock, deadlines, replies
+from privbot import audit, clock, deadlines
 from privbot.domain import OPEN_STATUSES, format_ref
 from privbot.store.models import (
     Challenge,

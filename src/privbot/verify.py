@@ -516,7 +516,6 @@ def _send(services: Services, session: Session, ticket: Ticket, template: str, *
 
 
 def _locked(services: Services, session: Session, ticket: Ticket, challenge: Challenge) -> None:
-    settings = services.settings
     audit.record(session, "verification_locked", ticket_id=ticket.id, challenge=challenge.id, attempts=challenge.attempts)
     log.warning("%s: verification locked after %d wrong codes", ticket.ref, challenge.attempts)
     _send(services, session, ticket, "code_locked")
