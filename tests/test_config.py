@@ -24,6 +24,7 @@ def test_environment_overrides_the_config_file(tmp_path: Path) -> None:
         ({"PRIVBOT_HOLIDAYS": "2026-12-25,25/12/2026"}, "PRIVBOT_HOLIDAYS: '25/12/2026'"),
         ({"PRIVBOT_HOLIDAYS": "2026-02-30"}, "PRIVBOT_HOLIDAYS: '2026-02-30'"),
         ({"PRIVBOT_IMAP_LEASE_SECONDS": "0.5"}, "PRIVBOT_IMAP_LEASE_SECONDS"),
+        ({"PRIVBOT_STAFF_LANGUAGE": "german"}, "PRIVBOT_STAFF_LANGUAGE: the staff templates are written in de, en, es, fr, ja, pt, zh, got 'german'"),
     ],
 )
 def test_bad_value_is_an_error_naming_the_setting(env: dict[str, str], named: str) -> None:
@@ -43,3 +44,8 @@ def test_defaults_run_on_a_bare_machine() -> None:
     assert s.db_url.startswith("sqlite:///")
     assert s.smtp_endpoint == ("127.0.0.1", 2525)
     assert s.relay_endpoint is None
+
+
+def test_staff_can_be_written_to_in_their_own_language() -> None:
+    assert load_settings(None, {}).staff_language == "en"
+    assert load_settings(None, {"PRIVBOT_STAFF_LANGUAGE": "zh"}).staff_language == "zh"

@@ -155,6 +155,21 @@ def test_staff_are_reminded_7_3_and_1_days_before_and_told_once_when_overdue(sta
     assert "alice@example.org" not in "".join(mails)  # staff get the reference, not the address
 
 
+def test_a_team_that_works_in_german_gets_its_reminders_and_escalations_in_german(staffed: Services, frozen_clock: object) -> None:
+    staffed.settings.staff_language = "de"
+    tid = open_ticket(staffed, language="fr")  # the requester's language is theirs; staff read their own
+    ref = ticket(staffed, tid).ref
+    clock.fast_forward(days=26, hours=1)  # 4 days left: the 7-day reminder
+    run_sweeps(staffed)
+    clock.fast_forward(days=5)  # overdue
+    run_sweeps(staffed)
+    escalation, reminder = sorted(outbox_messages(staffed.settings.data_dir), key=lambda m: "fällig" in m["Subject"])
+    assert reminder["Subject"] == "1 Datenschutzanfrage bald fällig"
+    assert f"{ref}  access  received  fällig 2026-04-01" in reminder.get_content() and "(in 4 Tagen" in reminder.get_content()
+    assert escalation["Subject"].startswith("ÜBERFÄLLIG: 1 Datenschutzanfrage nach Ablauf der gesetzlichen Frist")
+    assert ref in escalation.get_content() and "ohne Antwort überschritten" in escalation.get_content()
+
+
 def test_a_ticket_found_late_gets_only_the_most_urgent_reminder(staffed: Services, frozen_clock: object) -> None:
     tid = open_ticket(staffed)
     clock.fast_forward(days=28)  # the sweeps were down: 2 days left, no reminder yet

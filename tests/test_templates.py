@@ -92,3 +92,36 @@ def test_an_officers_edit_and_new_language_take_effect_within_the_recheck_interv
     assert renderer.render("acknowledgement", "en", **context()).html == "<p>PRIV-000042</p>"
     german = renderer.render("acknowledgement", "de", **context())
     assert (german.language, german.text) == ("de", "Neu PRIV-000042")
+
+
+STAFF_DIGEST = {
+    "tickets": [
+        {"ref": "PRIV-000042", "intent": "deletion", "status": "received", "due_at": datetime(2026, 4, 1, tzinfo=UTC),
+         "days_left": 3, "kind": "due-3d", "clock": "gdpr"},
+        {"ref": "PRIV-000043", "intent": "access", "status": "awaiting_approval", "due_at": datetime(2026, 3, 20, tzinfo=UTC),
+         "days_left": 0, "kind": "overdue", "clock": "gdpr"},
+        {"ref": "PRIV-000044", "intent": "access", "status": "received", "due_at": datetime(2026, 3, 16, tzinfo=UTC),
+         "days_left": 5, "kind": "confirm-receipt", "clock": "ccpa"},
+    ],
+    "more": 2, "total": 5, "overdue_total": 1, "console_url": "https://privacy.example.com", "privacy_address": "privacy@example.com",
+}
+
+
+@pytest.mark.parametrize("lang", LANGS)
+def test_every_notice_to_staff_is_written_in_every_language(lang: str) -> None:
+    # PRIVBOT_STAFF_LANGUAGE picks one of them; none may fall back to English unseen.
+    reminder = RENDERER.render("staff_reminder", lang, **STAFF_DIGEST)
+    escalation = RENDERER.render("staff_escalation", lang, **STAFF_DIGEST)
+    locked = RENDERER.render("staff_verification_locked", lang, **context(attempts=5))
+    for out in (reminder, escalation, locked):
+        assert out.language == lang
+    assert "5" in reminder.subject and "PRIV-000042" in reminder.text and "2026-04-01 00:00 UTC" in reminder.text
+    assert "privbot extend REF" in reminder.text and "https://privacy.example.com" in reminder.text
+    assert "1" in escalation.subject
+    assert "PRIV-000043" in escalation.text and "2026-03-20 00:00 UTC" in escalation.text  # overdue
+    assert "PRIV-000044" in escalation.text and "2026-03-16 00:00 UTC" in escalation.text  # receipt to confirm
+    assert "PRIV-000042" in locked.text and "privbot show PRIV-000042" in locked.text and "5" in locked.text
+    if lang != "en":  # written in the language, not English with a translated heading
+        english = RENDERER.render("staff_reminder", "en", **STAFF_DIGEST)
+        assert reminder.subject != english.subject and "reach their legal deadline" not in reminder.text
+        assert "passed their legal deadline" not in escalation.text and "one-time code" not in locked.text

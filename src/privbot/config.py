@@ -80,6 +80,8 @@ class Settings:
     web_secret: str = ""
     public_url: str = ""
     staff_address: str = ""
+    #: the language of what privbot writes to staff (reminders, escalations, lock notices)
+    staff_language: str = "en"
     deadline_days: int = 30
     legal_clock: str = "default"
     #: public holidays business days skip (CCPA's confirmation), "YYYY-MM-DD,YYYY-MM-DD"
@@ -213,6 +215,12 @@ def validate(s: Settings) -> None:
     s.privacy_address = s.privacy_address.strip().lower()
     for name in ("smtp_endpoint", "web_endpoint", "relay_endpoint"):
         getattr(s, name)  # raises ConfigError on a malformed HOST:PORT
+    staff_languages = sorted(p.stem for p in (s.templates_dir / "staff_reminder").glob("*.txt"))
+    if s.staff_language not in staff_languages:
+        raise ConfigError(
+            f"PRIVBOT_STAFF_LANGUAGE: the staff templates are written in {', '.join(staff_languages) or 'no language'}, "
+            f"got {s.staff_language!r}"
+        )
     if s.deadline_days < 1 or s.deadline_days > 366:
         raise ConfigError(f"PRIVBOT_DEADLINE_DAYS: must be between 1 and 366, got {s.deadline_days}")
     if s.verification_code_hours < 1 or s.verification_max_attempts < 1:

@@ -225,7 +225,7 @@ def _mail_staff(
     settings = services.settings
     console = settings.public_url.rstrip("/") if settings.public_url else ""
     rendered = services.renderer.render(
-        template, "en", tickets=rows, more=max(0, len(claimed) - len(rows)), total=len(claimed),
+        template, settings.staff_language, tickets=rows, more=max(0, len(claimed) - len(rows)), total=len(claimed),
         overdue_total=sum(1 for c in claimed if c[1] == "overdue"),
         console_url=console, privacy_address=settings.privacy_address,
     )

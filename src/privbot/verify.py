@@ -530,7 +530,7 @@ def notify_staff(services: Services, session: Session, ticket: Ticket, template:
     audit.record(session, "staff_notified", ticket_id=ticket.id, about=template, mailed=bool(settings.staff_address))
     if not settings.staff_address:
         return None
-    rendered = services.renderer.render(template, "en", **replies.base_context(settings, ticket), **context)
+    rendered = services.renderer.render(template, settings.staff_language, **replies.base_context(settings, ticket), **context)
     now = clock.now()
     message_id = new_message_id(settings.privacy_address)
     subject = replies.with_ref(rendered.subject, ticket.ref)
