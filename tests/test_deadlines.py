@@ -6,6 +6,7 @@ goes through the real sweeps and the real outbox into the Maildir a person would
 
 from __future__ import annotations
 
+import json
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -487,6 +488,53 @@ def test_retention_forgets_resolved_shunted_mail_and_idle_telegram_chats_but_kee
     assert "deleted" not in again and "1 shunted messages older than that still wait" in again
     with services.db.transaction() as s:
         assert s.scalar(select(func.count()).select_from(AuditEntry).where(AuditEntry.action == "retention")) == 1
+
+
+def test_a_staff_correction_kept_as_an_example_is_forgotten_when_its_ticket_is_purged(services: Services, frozen_clock: object) -> None:
+    # The example is the requester's words copied out of the ticket: it must not outlive
+    # the ticket's own copy.
+    from privbot import learned
+    from privbot.web import actions
+
+    services.settings.retention_days = 30
+    old, recent = open_ticket(services), open_ticket(services, requester="bob@example.org")
+    with services.db.transaction() as s:
+        for tid in (old, recent):
+            t = s.get(Ticket, tid)
+            assert t is not None
+            actions.reclassify(s, services.settings, t, ["access", "withdrawal"], "agent@corp.example")
+    path = learned.examples_path(services.settings)
+
+    def legacy(text: str) -> None:  # written before examples named their ticket
+        with path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"text": text, "intent": "deletion", "at": clock.now().isoformat()}) + "\n")
+
+    legacy("delete me, I am Carol")
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write("a line someone typed by hand\n")
+    def close(tid: int) -> None:
+        with services.db.transaction() as s:
+            t = s.get(Ticket, tid)
+            assert t is not None
+            t.status, t.closed_at = Status.CLOSED, clock.now()
+
+    close(old)
+    clock.fast_forward(days=20)
+    close(recent)
+    legacy("stop the mails, Dan")
+    clock.fast_forward(days=15)  # the old ticket closed 35 days ago, the recent one 15
+
+    said = " ".join(run_sweeps(services))
+    assert "retention: 1 tickets purged" in said and "2 learned examples forgotten with their tickets" in said
+    recent_ref = ticket(services, recent).ref
+    kept = path.read_text(encoding="utf-8").splitlines()
+    assert json.loads(kept[0])["ticket"] == recent_ref
+    assert kept[1:] == ["a line someone typed by hand", kept[2]] and "stop the mails, Dan" in kept[2]
+    assert "delete me, I am Carol" not in path.read_text(encoding="utf-8")
+    with services.db.transaction() as s:
+        entry = s.scalars(select(AuditEntry).where(AuditEntry.action == "learned_examples_forgotten")).one()
+        assert entry.detail == {"count": 2}
+    assert "learned examples" not in " ".join(run_sweeps(services))  # nothing more to forget
 
 
 def test_retention_zero_keeps_everything(services: Services, frozen_clock: object) -> None:

@@ -17,7 +17,7 @@ from sqlalchemy import event, func, select
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from privbot import clock, replies
+from privbot import clock, learned, replies
 from privbot.app import Services
 from privbot.domain import Channel, Classification, Inbound, Intent, Status
 from privbot.intake import intake
@@ -352,10 +352,10 @@ def test_reclassifying_keeps_the_correction_as_a_training_example(services: Serv
     post(clients["agent"], f"/tickets/{ref}/reclassify", {"primary": "cancellation", "also": ["withdrawal", "cancellation"]})
     t = ticket(services, ref)
     assert (t.intent, t.intents) == ("cancellation", ["cancellation", "withdrawal"])
-    rows = [json.loads(line) for line in actions.learned_examples_path(services.settings).read_text().splitlines()]
+    rows = [json.loads(line) for line in learned.examples_path(services.settings).read_text().splitlines()]
     assert rows == [{
         "text": "Stop sending me your newsletter and close my account.", "subject": "Privacy request", "intent": "cancellation",
-        "intents": ["cancellation", "withdrawal"], "lang": "en", "by": "agent@corp.example", "at": rows[0]["at"],
+        "intents": ["cancellation", "withdrawal"], "lang": "en", "ticket": ref, "by": "agent@corp.example", "at": rows[0]["at"],
     }]
     with services.db.transaction() as s:
         entry = s.scalar(select(AuditEntry).where(AuditEntry.action == "reclassified"))

@@ -30,7 +30,7 @@ from sqlalchemy import and_, case, delete, exists, func, literal, not_, or_, sel
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from privbot import audit, clock, deadlines
+from privbot import audit, clock, deadlines, learned
 from privbot.domain import OPEN_STATUSES, format_ref
 from privbot.store.models import (
     Challenge,
@@ -260,7 +260,8 @@ def retention_sweep(services: Services, *, max_batches: int = 50) -> str:
     Kept: the ticket row's reference, intent(s), status and dates, the deadline history
     and the audit trail (which never holds bodies or codes); everything a requester
     wrote, their address and name, drafts' text and outbox payloads become ``[purged]``.
-    Then the personal data kept outside tickets (:func:`_purge_leftovers`).
+    Then the personal data kept outside tickets (:func:`_purge_leftovers`), and the
+    examples staff corrections copied out of purged tickets (:func:`privbot.learned.forget`).
     """
     settings = services.settings
     if not settings.retention_days:
@@ -274,6 +275,11 @@ def retention_sweep(services: Services, *, max_batches: int = 50) -> str:
             break
     said = f"retention: {total} tickets purged" if total else "retention: nothing to purge"
     leftovers = _purge_leftovers(services, cutoff)
+    # This node's copies of purged tickets' words (staff corrections kept as examples);
+    # every node prunes its own file, so this is not under the leftovers' lock.
+    examples = learned.forget(services, cutoff)
+    if examples:
+        leftovers = "; ".join(filter(None, [leftovers, f"{examples} learned examples forgotten with their tickets"]))
     return f"{said}; {leftovers}" if leftovers else said
 
 

@@ -8,15 +8,12 @@ never a path to raw SQL.
 
 from __future__ import annotations
 
-import json
-import threading
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from privbot import audit, clock
+from privbot import audit, clock, learned
 from privbot.config import Settings
 from privbot.domain import Intent, Status
 from privbot.store.models import Draft, Message, Ticket
@@ -24,22 +21,18 @@ from privbot.store.models import Draft, Message, Ticket
 INTENTS: tuple[str, ...] = tuple(str(i) for i in Intent)
 #: a closed or answered ticket can still be closed; these cannot be closed again
 _FINAL = {str(Status.CLOSED), str(Status.REJECTED), str(Status.WITHDRAWN_BY_REQUESTER)}
-_learned_lock = threading.Lock()
 
 
 class ActionError(Exception):
     """The action does not apply to this ticket (shown to the person who tried)."""
 
 
-def learned_examples_path(settings: Settings) -> Path:
-    return Path(settings.data_dir) / "learned_examples.jsonl"
-
-
 def reclassify(session: Session, settings: Settings, ticket: Ticket, intents: list[str], staff_email: str) -> None:
     """Staff say what the request really asks; the first intent is the primary one.
 
-    The correction is also kept as a labeled example (``learned_examples.jsonl``, one
-    JSON line of text, intent, lang, by, at) so staff corrections become training data.
+    The correction is also kept as a labeled example (:mod:`privbot.learned`: one JSON
+    line of text, intent, lang, ticket, by, at) so staff corrections become training
+    data; it is forgotten when the ticket's personal data is purged.
     """
     chosen: list[str] = []
     for intent in intents:
@@ -68,7 +61,7 @@ def reclassify(session: Session, settings: Settings, ticket: Ticket, intents: li
         select(Message).where(Message.ticket_id == ticket.id, Message.direction == "in").order_by(Message.id).limit(1)
     )
     if first is not None and (first.new_text or first.body).strip():
-        _append_example(
+        learned.append(
             settings,
             {
                 "text": (first.new_text or first.body).strip(),
@@ -76,17 +69,11 @@ def reclassify(session: Session, settings: Settings, ticket: Ticket, intents: li
                 "intent": chosen[0],
                 "intents": chosen,
                 "lang": ticket.language,
+                "ticket": ticket.ref,  # forgotten with the ticket's personal data (retention)
                 "by": staff_email,
                 "at": clock.now().isoformat(),
             },
         )
-
-
-def _append_example(settings: Settings, row: dict[str, Any]) -> None:
-    path = learned_examples_path(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _learned_lock, path.open("a", encoding="utf-8") as fh:
-        fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def close(session: Session, ticket: Ticket, staff_email: str, note: str = "") -> None:
