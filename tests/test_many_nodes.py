@@ -25,7 +25,7 @@ from sqlalchemy import func, select
 from privbot import clock, deadlines, replies, scheduler
 from privbot.app import Services, build_services
 from privbot.domain import Status
-from privbot.store.models import DeliveryAttempt, Draft, Message, OutboxItem, Reminder, Ticket
+from privbot.store.models import AuditEntry, DeliveryAttempt, Draft, Message, OutboxItem, Reminder, Ticket
 from tests.conftest import make_settings
 from tests.support import free_port
 
@@ -177,4 +177,38 @@ def test_replies_wait_while_the_relay_refuses_and_go_out_once_when_it_returns(db
         assert len(attempts) == 5 * 5 and sum(a.ok for a in attempts) == 5
         assert all("Connection refused" in (a.error or "") for a in attempts if not a.ok)
         assert {t.status for t in s.scalars(select(Ticket).where(Ticket.id.in_(ids)))} == {"answered"}
+    services.db.dispose()
+
+
+class RefusingRelay:
+    """A relay that refuses every recipient, quoting the address as real servers do."""
+
+    async def handle_RCPT(self, server: object, session: object, envelope: object, address: str, options: list[str]) -> str:
+        return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown in virtual mailbox table"
+
+
+def test_a_refusal_that_quotes_the_requesters_address_is_kept_without_it(db_url: str, tmp_path: Path, frozen_clock: object) -> None:
+    # Attempts, the item's last error and the audit entry of a reply given up all keep
+    # why it failed; the audit trail is never purged, so none may keep the address.
+    port = free_port()
+    ctl = Controller(RefusingRelay(), hostname="127.0.0.1", port=port)
+    ctl.start()
+    try:
+        services = build_services(make_settings(tmp_path / "var", db_url, smtp_relay=f"127.0.0.1:{port}"))
+        seed_ticket(services, age_days=3, requester="alice.liddell@example.org", with_answer=True)
+        said = []
+        for _ in range(12):  # every retry, until it is given up
+            said.append(scheduler.outbox_sweep(services))
+            clock.fast_forward(hours=2)
+    finally:
+        ctl.stop()
+    assert said[0] == "outbox: 0 sent, 1 failed (will retry), 0 given up" and said[-1] == "outbox: 0 sent, 0 failed (will retry), 1 given up"
+    with services.db.transaction() as s:
+        item = s.scalars(select(OutboxItem)).one()
+        errors = [a.error or "" for a in s.scalars(select(DeliveryAttempt))]
+        audit_errors = [str(a.detail) for a in s.scalars(select(AuditEntry).where(AuditEntry.action == "delivery_failed"))]
+    assert item.status == "failed" and len(errors) == 12 and len(audit_errors) == 1
+    for error in [item.last_error or "", *errors, *audit_errors]:
+        assert "Recipient address rejected" in error and "a***@example.org" in error  # still says why, and to whom roughly
+        assert "alice.liddell" not in error
     services.db.dispose()

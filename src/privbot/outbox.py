@@ -22,6 +22,7 @@ from sqlalchemy import or_, select, update
 from privbot import audit, clock
 from privbot.channels.mail_out import MaildirTransport, SMTPRelayTransport, Transport
 from privbot.config import Settings
+from privbot.logs import redact
 from privbot.store.db import Database
 from privbot.store.models import DeliveryAttempt, OutboxItem
 
@@ -119,7 +120,10 @@ def _deliver_one(db: Database, transports: Mapping[str, Transport], item_id: int
     try:
         transports[item.channel].send(item.recipient, item.payload)
     except Exception as exc:  # any transport fault is retried, never lost
-        error = f"{type(exc).__name__}: {exc}"[:500]
+        # A relay's refusal usually quotes the recipient ("550 5.1.1 <alice@…>: unknown
+        # user"); the error is kept in the attempts, on the item and — when it is given
+        # up — in the audit trail, which is never purged: so it is kept masked, as logs are.
+        error = redact(f"{type(exc).__name__}: {exc}")[:500]
     now = clock.now()
     with db.transaction() as session:
         row = session.get(OutboxItem, item_id)
