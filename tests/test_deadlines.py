@@ -537,6 +537,35 @@ def test_a_staff_correction_kept_as_an_example_is_forgotten_when_its_ticket_is_p
     assert "learned examples" not in " ".join(run_sweeps(services))  # nothing more to forget
 
 
+def test_examples_written_while_the_sweep_prunes_the_file_are_all_kept(services: Services) -> None:
+    from privbot import learned
+
+    ref = ticket(services, open_ticket(services)).ref  # open: its examples stay
+    stop = threading.Event()
+
+    def write(n: int) -> None:
+        for i in range(50):
+            learned.append(services.settings, {"text": f"example {n}-{i}", "intent": "access", "ticket": ref, "at": clock.now().isoformat()})
+
+    def prune() -> None:
+        while not stop.is_set():
+            learned.append(services.settings, {"text": "gone", "intent": "access", "ticket": "PRIV-999999", "at": clock.now().isoformat()})
+            learned.forget(services, clock.now() - timedelta(days=30))  # rewrites the file each time
+
+    pruner = threading.Thread(target=prune)
+    pruner.start()
+    writers = [threading.Thread(target=write, args=(n,)) for n in range(4)]
+    for t in writers:
+        t.start()
+    for t in writers:
+        t.join()
+    stop.set()
+    pruner.join()
+    learned.forget(services, clock.now() - timedelta(days=30))
+    texts = sorted(json.loads(line)["text"] for line in learned.examples_path(services.settings).read_text().splitlines())
+    assert texts == sorted(f"example {n}-{i}" for n in range(4) for i in range(50))
+
+
 def test_retention_zero_keeps_everything(services: Services, frozen_clock: object) -> None:
     services.settings.retention_days = 0
     tid = open_ticket(services)

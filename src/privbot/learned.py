@@ -14,10 +14,13 @@ node's sweep prunes its own, asking the shared database which tickets are purged
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,8 +37,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: appends from the console's threads and the sweep's rewrite never interleave
+#: appends from the console's threads and the sweep's rewrite never interleave (and,
+#: through a lock file, neither do two processes working from one data directory)
 _lock = threading.Lock()
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with _lock, (path.parent / (path.name + ".lock")).open("a") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        yield
 
 
 def examples_path(settings: Settings) -> Path:
@@ -47,7 +58,7 @@ def append(settings: Settings, row: dict[str, Any]) -> None:
     ticket, by, at)."""
     path = examples_path(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _lock, path.open("a", encoding="utf-8") as fh:
+    with _locked(path), path.open("a", encoding="utf-8") as fh:
         fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
@@ -58,7 +69,9 @@ def forget(services: Services, cutoff: datetime) -> int:
     A line that is not an example privbot wrote (hand-edited, truncated) is kept as it
     is: this never loses what it does not understand."""
     path = examples_path(services.settings)
-    with _lock:
+    if not path.exists():
+        return 0
+    with _locked(path):
         try:
             lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
         except FileNotFoundError:
