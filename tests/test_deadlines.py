@@ -448,6 +448,34 @@ def test_retention_purges_personal_data_of_long_closed_tickets_and_keeps_the_rec
         assert audit.verify_chain(s).ok
 
 
+def test_the_words_that_decided_a_ticket_are_shown_to_staff_but_never_kept_in_the_audit_trail(services: Services, frozen_clock: object) -> None:
+    # The classifier's cues quote the request ("close Alice Liddell account"); the
+    # ticket shows them to staff until its data is purged, the never-purged audit trail
+    # keeps only what kind of cue decided.
+    from privbot.intake import receive_email
+
+    services.settings.retention_days = 30
+    body = "Please close Alice Liddell account and delete all the data you have on alice.liddell@example.org"
+    result = receive_email(services, bytes(make_mail(body, sender="alice.liddell@example.org")))
+    assert result is not None and result.ticket_ref is not None
+    tid = int(result.ticket_ref[5:])
+    cues = ticket(services, tid).cues
+    assert any("Alice Liddell" in cue for cue in cues)  # staff see why
+    with services.db.transaction() as s:
+        opened = s.scalars(select(AuditEntry).where(AuditEntry.action == "ticket_opened")).one()
+        assert opened.detail["cues"] and all('"' not in cue for cue in opened.detail["cues"])
+        assert any(cue.startswith("cancellation:") for cue in opened.detail["cues"])
+        t = s.get(Ticket, tid)
+        assert t is not None
+        t.status, t.closed_at = Status.CLOSED, clock.now()
+    clock.fast_forward(days=31)
+    assert "retention: 1 tickets purged" in " ".join(run_sweeps(services))
+    assert ticket(services, tid).cues == []
+    with services.db.transaction() as s:
+        dump = " ".join(str(a.detail) for a in s.scalars(select(AuditEntry)))
+    assert "Alice" not in dump and "Liddell" not in dump and "alice.liddell" not in dump
+
+
 def test_retention_forgets_resolved_shunted_mail_and_idle_telegram_chats_but_keeps_what_still_waits(
     services: Services, frozen_clock: object
 ) -> None:

@@ -106,6 +106,15 @@ class Classification:
     language: str  # ISO 639-1 code, e.g. "en", "zh"
     cues: tuple[str, ...] = ()  # words / rules that decided, shown to staff
 
+    @property
+    def cue_kinds(self) -> list[str]:
+        """The cues without the requester's words they quote: ``deletion: "erase
+        everything on alice@…"`` → ``deletion:``, ``access: clause "…"`` → ``access:
+        clause``, ``model: access 0.91`` as it is.  What the audit trail keeps — it is never
+        purged, and a quoted phrase can hold a name or an address; the ticket keeps the
+        whole cues until its personal data is purged."""
+        return [cue.split('"', 1)[0].rstrip() for cue in self.cues]
+
     def to_json(self) -> dict[str, object]:
         return {
             "intent": str(self.intent),

@@ -173,7 +173,7 @@ def _open_ticket(
         intent=ticket.intent,
         intents=ticket.intents,
         confidence=round(c.confidence, 3),
-        cues=list(c.cues)[:10],
+        cues=c.cue_kinds[:10],  # not the words they quote: the audit trail is never purged
         due_at=ticket.due_at.isoformat(),
     )
     # Asked for every new ticket, triage too: a ticket opened later in the same group
