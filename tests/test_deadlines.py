@@ -508,7 +508,7 @@ def test_retention_forgets_resolved_shunted_mail_and_idle_telegram_chats_but_kee
         assert update_row is not None and update_row.replies == [] and update_row.chat_id is None
         assert s.scalar(select(func.max(TelegramUpdate.update_id))) == 7  # the poll offset stays where it was
         entry = s.scalars(select(AuditEntry).where(AuditEntry.action == "retention")).one()
-        assert entry.detail == {"shunted_deleted": 1, "telegram_chats_forgotten": 1}
+        assert entry.detail == {"shunted_deleted": 1, "telegram_chats_forgotten": 1, "stray_auto_replies_purged": 0}
         dump = " ".join(str(a.detail) for a in s.scalars(select(AuditEntry)))
         assert "ann@example.org" not in dump and "Bob Stone" not in dump
         assert audit.verify_chain(s).ok
@@ -592,6 +592,32 @@ def test_examples_written_while_the_sweep_prunes_the_file_are_all_kept(services:
     learned.forget(services, clock.now() - timedelta(days=30))
     texts = sorted(json.loads(line)["text"] for line in learned.examples_path(services.settings).read_text().splitlines())
     assert texts == sorted(f"example {n}-{i}" for n in range(4) for i in range(50))
+
+
+def test_a_bounce_that_joined_no_ticket_is_purged_after_the_retention_period(services: Services, frozen_clock: object) -> None:
+    from privbot.intake import receive_email
+
+    services.settings.retention_days = 30
+    bounce = make_mail("Delivery failed for alice.liddell@example.org: your code is 48291730, Alice Liddell.",
+                       sender="MAILER-DAEMON@mx.example.net", subject="Undelivered Mail Returned to Sender",
+                       headers={"Auto-Submitted": "auto-replied"})
+    assert receive_email(services, bytes(bounce)).action == "auto_reply"  # type: ignore[union-attr]
+    clock.fast_forward(days=20)
+    later = make_mail("I am away until Monday. Bob Stone", sender="bob.stone@example.net", subject="Out of office",
+                      headers={"Auto-Submitted": "auto-replied"})
+    assert receive_email(services, bytes(later)).action == "auto_reply"  # type: ignore[union-attr]
+    clock.fast_forward(days=15)  # the bounce is 35 days old, the out-of-office 15
+
+    assert "1 auto-replies and bounces that joined no ticket purged" in " ".join(run_sweeps(services))
+    with services.db.transaction() as s:
+        rows = {m.subject: m for m in s.scalars(select(Message).where(Message.ticket_id.is_(None)))}
+        assert set(rows) == {"[purged]", "Out of office"}
+        gone = rows["[purged]"]
+        assert (gone.body, gone.new_text, gone.sender, gone.raw) == ("[purged]", "[purged]", "[purged]", None)
+        assert gone.dedupe_key  # a redelivery is still known as one
+        assert "Bob Stone" in rows["Out of office"].body
+    assert "auto-replies" not in " ".join(run_sweeps(services))  # purged once
+    assert receive_email(services, bytes(bounce)).action == "duplicate"  # type: ignore[union-attr]
 
 
 def test_retention_zero_keeps_everything(services: Services, frozen_clock: object) -> None:

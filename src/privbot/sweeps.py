@@ -331,7 +331,10 @@ def _purge_leftovers(services: Services, cutoff: datetime) -> str:
       is forgotten: the address it proved, its language and any half-told request.  A
       later message starts afresh (the address is proven again);
     * the newest handled Telegram update (kept for the poll offset when older ones are
-      pruned) loses the reply texts it kept for re-sending once they are shown.
+      pruned) loses the reply texts it kept for re-sending once they are shown;
+    * an auto-reply or bounce recorded before ``cutoff`` without joining a ticket loses
+      its text, raw bytes and addresses as a purged ticket's messages do (its row and
+      de-duplication key stay).
     """
     with services.db.transaction() as session:
         if not _try_lock(session, _LOCK_RETENTION):
@@ -343,6 +346,14 @@ def _purge_leftovers(services: Services, cutoff: datetime) -> str:
         chats = session.execute(
             delete(TelegramChat).where(TelegramChat.updated_at <= cutoff, ~open_ticket).execution_options(synchronize_session=False)
         ).rowcount or 0
+        # Auto-replies and bounces that joined no ticket: nothing else would ever purge
+        # them, and a bounce quotes the mail it bounces (names, addresses, codes).
+        stray = session.execute(
+            update(Message)
+            .where(Message.ticket_id.is_(None), Message.created_at <= cutoff, Message.sender != PURGED)
+            .values(subject=PURGED, body=PURGED, new_text=PURGED, raw=None, sender=PURGED, recipient=PURGED)
+            .execution_options(synchronize_session=False)
+        ).rowcount or 0
         session.execute(
             update(TelegramUpdate)
             .where(TelegramUpdate.processed_at <= cutoff, TelegramUpdate.replied.is_(True), TelegramUpdate.chat_id.is_not(None))
@@ -350,11 +361,13 @@ def _purge_leftovers(services: Services, cutoff: datetime) -> str:
             .execution_options(synchronize_session=False)
         )
         waiting = session.scalar(select(func.count(Shunted.id)).where(Shunted.status == "pending", Shunted.created_at <= cutoff)) or 0
-        if shunted or chats:
-            audit.record(session, "retention", shunted_deleted=shunted, telegram_chats_forgotten=chats)
+        if shunted or chats or stray:
+            audit.record(session, "retention", shunted_deleted=shunted, telegram_chats_forgotten=chats, stray_auto_replies_purged=stray)
     said = []
     if shunted or chats:
         said.append(f"{shunted} resolved shunted messages deleted, {chats} idle Telegram chats forgotten")
+    if stray:
+        said.append(f"{stray} auto-replies and bounces that joined no ticket purged")
     if waiting:
         log.warning("retention: %d shunted messages older than the retention period still wait for a person", waiting)
         said.append(f"{waiting} shunted messages older than that still wait for a person (privbot reprocess)")
