@@ -46,6 +46,11 @@ def test_defaults_run_on_a_bare_machine() -> None:
     assert s.relay_endpoint is None
 
 
-def test_staff_can_be_written_to_in_their_own_language() -> None:
+def test_staff_can_be_written_to_in_their_own_language(tmp_path: Path) -> None:
     assert load_settings(None, {}).staff_language == "en"
     assert load_settings(None, {"PRIVBOT_STAFF_LANGUAGE": "zh"}).staff_language == "zh"
+    # an officer's own templates folder without staff templates still starts
+    (tmp_path / "acknowledgement").mkdir()
+    f = tmp_path / "privbot.toml"
+    f.write_text(f'templates_dir = "{tmp_path}"\n')
+    assert load_settings(f, {}).templates_dir == tmp_path

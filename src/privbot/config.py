@@ -215,11 +215,12 @@ def validate(s: Settings) -> None:
     s.privacy_address = s.privacy_address.strip().lower()
     for name in ("smtp_endpoint", "web_endpoint", "relay_endpoint"):
         getattr(s, name)  # raises ConfigError on a malformed HOST:PORT
+    # (a templates folder of the officer's own without staff templates is not refused
+    # here: it only matters once a staff mail is written)
     staff_languages = sorted(p.stem for p in (s.templates_dir / "staff_reminder").glob("*.txt"))
-    if s.staff_language not in staff_languages:
+    if staff_languages and s.staff_language not in staff_languages:
         raise ConfigError(
-            f"PRIVBOT_STAFF_LANGUAGE: the staff templates are written in {', '.join(staff_languages) or 'no language'}, "
-            f"got {s.staff_language!r}"
+            f"PRIVBOT_STAFF_LANGUAGE: the staff templates are written in {', '.join(staff_languages)}, got {s.staff_language!r}"
         )
     if s.deadline_days < 1 or s.deadline_days > 366:
         raise ConfigError(f"PRIVBOT_DEADLINE_DAYS: must be between 1 and 366, got {s.deadline_days}")
