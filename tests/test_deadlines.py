@@ -540,6 +540,7 @@ def test_a_staff_correction_kept_as_an_example_is_forgotten_when_its_ticket_is_p
     legacy("delete me, I am Carol")
     with path.open("a", encoding="utf-8") as fh:
         fh.write("a line someone typed by hand\n")
+
     def close(tid: int) -> None:
         with services.db.transaction() as s:
             t = s.get(Ticket, tid)
