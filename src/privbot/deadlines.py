@@ -33,6 +33,7 @@ from __future__ import annotations
 import calendar
 import logging
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from functools import lru_cache
@@ -109,14 +110,19 @@ def add_business_days(at: datetime, days: int, holidays: frozenset[date] = froze
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
+def _entries(text: str) -> Iterator[str]:
+    """The entries of a list setting: ``"a, b;c"`` → a, b, c (empty ones skipped)."""
+    for part in text.replace(";", ",").split(","):
+        part = part.strip()
+        if part:
+            yield part
+
+
 @lru_cache(maxsize=4)
 def parse_holidays(text: str) -> frozenset[date]:
     """``"2026-12-25, 2027-01-01"`` → those dates; raises ConfigError naming the bad entry."""
     out: set[date] = set()
-    for part in text.replace(";", ",").split(","):
-        part = part.strip()
-        if not part:
-            continue
+    for part in _entries(text):
         try:
             if not _ISO_DATE.fullmatch(part):
                 raise ValueError(part)
@@ -171,10 +177,7 @@ def confirm_by(settings: Settings, ticket: Received) -> datetime | None:
 def parse_reminder_days(text: str) -> list[int]:
     """``"7,3,1"`` → ``[7, 3, 1]`` (largest first); raises ConfigError naming the bad entry."""
     out: set[int] = set()
-    for part in text.replace(";", ",").split(","):
-        part = part.strip()
-        if not part:
-            continue
+    for part in _entries(text):
         if not part.isdigit() or not 1 <= int(part) <= 365:
             raise ConfigError(f"PRIVBOT_REMINDER_DAYS: {part!r} is not a number of days between 1 and 365")
         out.add(int(part))
