@@ -58,6 +58,9 @@ _LOCK_RETENTION = 0x70620002
 #: a digest lists this many tickets; the rest are counted (the console lists all)
 DIGEST_LIMIT = 200
 PURGED = "[purged]"
+#: what a message keeps of what it held once purged (with its ticket, or alone after
+#: the period when it joined none): the row and its de-duplication key only
+_MESSAGE_PURGED = {"subject": PURGED, "body": PURGED, "new_text": PURGED, "raw": None, "sender": PURGED, "recipient": PURGED}
 OPEN = [str(s) for s in OPEN_STATUSES]
 
 
@@ -351,7 +354,7 @@ def _purge_leftovers(services: Services, cutoff: datetime) -> str:
         stray = session.execute(
             update(Message)
             .where(Message.ticket_id.is_(None), Message.created_at <= cutoff, Message.sender != PURGED)
-            .values(subject=PURGED, body=PURGED, new_text=PURGED, raw=None, sender=PURGED, recipient=PURGED)
+            .values(**_MESSAGE_PURGED)
             .execution_options(synchronize_session=False)
         ).rowcount or 0
         session.execute(
@@ -378,7 +381,7 @@ def _scrub(session: Session, ids: list[int]) -> None:
     def bulk(model: Any, where: Any, **values: Any) -> None:
         session.execute(update(model).where(where).values(**values).execution_options(synchronize_session=False))
 
-    bulk(Message, Message.ticket_id.in_(ids), subject=PURGED, body=PURGED, new_text=PURGED, raw=None, sender=PURGED, recipient=PURGED)
+    bulk(Message, Message.ticket_id.in_(ids), **_MESSAGE_PURGED)
     bulk(Draft, Draft.ticket_id.in_(ids), subject=PURGED, text=PURGED, html="")
     bulk(OutboxItem, OutboxItem.ticket_id.in_(ids) & OutboxItem.status.in_(("sent", "failed")),
          payload=b"", subject=PURGED, recipient=PURGED)
