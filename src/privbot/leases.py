@@ -140,6 +140,13 @@ class Turn:
         self.standing_by = who
         return False
 
+    def keep(self) -> bool:
+        """While working: renew the lease once a third of it has gone (or take it, when
+        standing by or not yet asked); whether this process has the job."""
+        if not self.standing_by and not self.renewal_due:
+            return True
+        return self.take()
+
     def give_up(self) -> None:
         """Release the lease (never raises: if the database is gone, the lease lapses)."""
         try:

@@ -370,7 +370,7 @@ class ImapWatcher:
 
     def _renew(self) -> None:
         """While working: renew the lease once a third of it has gone."""
-        if self.turn.renewal_due and not self.turn.take():
+        if not self.turn.keep():
             raise LeaseLost(f"{self.standing_by} took the mailbox over (this watcher's lease had lapsed)")
 
     def _session(self) -> None:

@@ -285,11 +285,8 @@ class TelegramComponent:
     def _hold(self) -> bool:
         """Take the polling lease, or renew it once a third of it has gone.  Taking it
         over from another process, start from what that process committed."""
-        turn = self.turn
-        if not turn.standing_by and not turn.renewal_due:
-            return True
-        was_standing_by = bool(turn.standing_by)
-        if not turn.take():
+        was_standing_by = bool(self.turn.standing_by)
+        if not self.turn.keep():
             return False
         if was_standing_by:
             self.offset = self.bot.conversation.next_offset()
