@@ -119,6 +119,38 @@ def test_question_about_the_policy_that_requests_nothing_is_other(clf: Classifie
 
 
 @pytest.mark.parametrize(
+    "text",
+    [
+        "how do I delete a saved connection from the client?",
+        "我把共享文件夹里的文件删了，有办法恢复吗？",
+        "Wie kann ich ein altes Gerät aus meiner Liste entfernen?",
+        "¿Cómo elimino un equipo que ya no uso de mi lista?",
+        "古い端末をリストから削除する方法を教えてください",
+        "Bonjour, je vous envoie ma candidature pour le poste de technicien support, CV en pièce jointe.",
+    ],
+)
+def test_a_how_to_question_or_a_job_application_that_uses_rights_words_is_other(clf: Classifier, text: str) -> None:
+    # Support questions about deleting or removing things in the product, in every
+    # language, are not requests to erase personal data (a fresh probe set found these).
+    assert intent(clf, text) is Intent.OTHER
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "which companies did you pass my email address to?",
+        "who have you shared my phone number with? I get spam since I signed up",
+        "Mit wem haben Sie meine Adresse geteilt?",
+        "À qui avez-vous transmis mes coordonnées ?",
+        "¿Con quién han compartido mis datos?",
+        "你们把我的手机号给了谁？",
+    ],
+)
+def test_asking_who_received_my_data_is_access(clf: Classifier, text: str) -> None:
+    assert intent(clf, text) is Intent.ACCESS
+
+
+@pytest.mark.parametrize(
     "text,lang",
     [("please delete my data", "en"), ("请删除我的数据", "zh"), ("私のデータを削除してください", "ja"),
      ("Bitte löschen Sie meine Daten", "de"), ("Merci de supprimer mes données", "fr"),
