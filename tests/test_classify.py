@@ -160,6 +160,52 @@ def test_language_is_detected(clf: Classifier, text: str, lang: str) -> None:
     assert clf.classify(text).language == lang
 
 
+@pytest.mark.parametrize(
+    "text",
+    ["以后不要再给我发营销短信", "don't sell my information to anyone, ever", "Keine Werbe-Mails mehr, bitte", "don't want your marketing newsletters any more"],
+)
+def test_a_cue_that_opens_with_its_negation_is_the_request(clf: Classifier, text: str) -> None:
+    # "Don't send me …" is how people ask to be left alone; it is not a refusal of anything.
+    assert clf.classify(text, channel="chat").intent is Intent.WITHDRAWAL
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["我前年就已经注销了账号，这个月信用卡怎么又被扣了会员费？请退钱", "收到回复了，我的照片已经删除了，谢谢你们这么快"],
+)
+def test_what_already_happened_is_context_in_chinese_too(clf: Classifier, text: str) -> None:
+    assert clf.classify(text, channel="email").intent is Intent.OTHER
+
+
+def test_having_already_decided_is_still_a_request(clf: Classifier) -> None:
+    assert clf.classify("我已经决定注销账号了，麻烦尽快办理", channel="chat").intent is Intent.CANCELLATION
+
+
+def test_saying_who_you_are_asks_for_nothing_more(clf: Classifier) -> None:
+    c = clf.classify("Please erase all personal data you hold on me.\n\nName: Ruth Okafor\nEmail: r.okafor@example.net\n"
+                     "My customer number is 448812.", "Erasure", "email")
+    assert c.intents == (Intent.DELETION,)
+
+
+def test_a_cue_running_into_the_next_clause_counts_there(clf: Classifier) -> None:
+    # The deletion cue spans "close my account and all of my data": its object, the data,
+    # is in the second clause, which is where the second right is asked for.
+    c = clf.classify("Close my account and all of my data with it, please.", channel="chat")
+    assert c.intents == (Intent.CANCELLATION, Intent.DELETION)
+
+
+@pytest.mark.parametrize(
+    ("chaser", "quoted", "intent"),
+    [
+        ("Still waiting for an answer to this, three weeks now.", "Please close my account and stop emailing me.", Intent.CANCELLATION),
+        ("两个星期了还没人回复，请尽快处理。", "你好，请把你们保存的我的全部个人信息导出发给我。", Intent.ACCESS),
+    ],
+)
+def test_a_follow_up_that_only_chases_is_read_with_the_request_it_quotes(clf: Classifier, chaser: str, quoted: str, intent: Intent) -> None:
+    body = f"{chaser}\n\nOn Mon, 3 Mar 2025 at 09:00, Ann <ann@example.org> wrote:\n> {quoted}\n"
+    assert clf.classify(body, "Re: my request", "email").intent is intent
+
+
 def test_cues_say_why(clf: Classifier) -> None:
     c = clf.classify("unsubscribe me from the newsletter")
     assert c.cues and any("withdrawal" in cue for cue in c.cues)

@@ -110,3 +110,14 @@ def test_the_reply_header_shortcut_never_skips_a_line_the_pattern_would_match(li
 def test_reply_headers_in_any_case_start_the_quote(case) -> None:
     new, rest = split_new_text(f"Yes, go ahead.\n\n{case('Am 03.06.2025 um 10:00 schrieb Team <a@b.de>:')}\n> Please delete my account.")
     assert new == "Yes, go ahead." and "delete my account" in rest
+
+
+def test_the_quoted_request_is_read_without_its_reply_header_or_header_block() -> None:
+    from privbot.classify.newtext import quoted_words
+
+    _, rest = split_new_text(
+        "Any news?\n\nOn Mon, 3 Mar 2025 at 09:00, Ann Lee <ann@example.org> wrote:\n> Please close my account.\n>\n> Ann\n"
+    )
+    assert quoted_words(rest) == "Please close my account.\nAnn"
+    _, rest = split_new_text("还没人回复？\n\n-----原始邮件-----\n发件人：王芳 <wf@example.cn>\n发送时间：2025年3月3日\n主题：删除数据\n请删除我的全部数据。\n")
+    assert quoted_words(rest) == "请删除我的全部数据。"

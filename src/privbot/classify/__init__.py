@@ -44,9 +44,9 @@ from pathlib import Path
 import numpy as np
 
 from privbot.classify.anchors import may_match
-from privbot.classify.intents import Cue, IntentSpec, content_key, load_intents
+from privbot.classify.intents import Cue, IntentSpec, content_key, has_cjk, load_intents
 from privbot.classify.linear import LinearModel, from_sklearn
-from privbot.classify.newtext import split_new_text
+from privbot.classify.newtext import quoted_words, split_new_text
 from privbot.domain import Classification, Intent
 
 __all__ = ["Classifier", "default_intents_dir", "detect_language"]
@@ -196,6 +196,18 @@ def _subject_for_model(subject: str) -> str:
     return subject.strip()
 
 
+#: a follow-up that only chases an earlier, quoted request
+_CHASER = re.compile(
+    r"\b(nobody|no one|no-one)\b[^.!?\n]{0,20}\b(has |have )?(replied|answered|responded|got back)|\bstill (waiting|no (reply|answer|response))\b"
+    r"|\b(haven't|have not|never) (heard back|had (a |any )?(reply|answer|response)|received (a |any )?(reply|answer|response))"
+    r"|\b(following up|chasing|second request|reminder)\b|\b(message|mail|email|request) below\b|\bsee (my )?(message|mail|email|request )?below\b"
+    r"|(没人|没有人|一直没|还没(有)?人?)(回复|回应|处理|答复)|(请|麻烦)?尽快处理|催一下|再次(来信|提醒|申请)"
+    r"|(まだ|いまだに)(返信|回答|連絡)|返信がありません|keine (antwort|rückmeldung)|noch (keine|nicht)\b.{0,20}(antwort|geantwortet|bearbeitet)"
+    r"|toujours pas de (réponse|retour)|sans (réponse|nouvelles)|sin respuesta|todavía no (he recibido|me han respondido)|sem resposta",
+    re.I,
+)
+
+
 # --------------------------------------------------------------------------- negation of cues
 
 # A cue preceded (or, in Japanese/French, followed) by one of these within its clause
@@ -207,7 +219,8 @@ _NEG_BEFORE = re.compile(
     re.I,
 )
 _NEG_AFTER = re.compile(
-    r"^[^.!?。！？;；\n]{0,6}(しないで|しません|せず|ではなく|じゃなく|は不要|不要|pas\b|nicht\b|no\b|不要|不用)",
+    # "注销就不用了" (no need to close it), but not "销户，不用了" (close it: I'm not using it)
+    r"^[^.!?。！？;；\n]{0,6}(しないで|しません|せず|ではなく|じゃなく|は不要|不要|pas\b|nicht\b|no\b|(?<![，,\s])(不要|不用))",
     re.I,
 )
 
@@ -218,14 +231,50 @@ _NEG_BEFORE_ZH = re.compile(r"(不|(?<![识区特分类级告性])别|勿|没|�
 _NEG_INSIDE = re.compile(r"(不要|不用|不想|不需要|不必|(?:不|别|勿)(?=[注删关停销取撤])|しないで|しません|\bdon'?t\b|\bdo not\b|\bnot\b|\bnicht\b|\bpas\b|\bnão\b)", re.I)
 
 
+#: a space between Chinese or Japanese characters: a chat line's sentence boundary
+_CJK_SPACE = re.compile(r"(?<=[\u3040-\u30ff\u3400-\u9fff])\s+(?=[\u3040-\u30ff\u3400-\u9fff])")
+
+
+def _clause_before(text: str, start: int) -> str:
+    """Up to 40 characters before ``start``, from the last chat-style sentence boundary
+    on: "现在不想用了 以后别再采集" — the 不想 belongs to the sentence before."""
+    window = text[max(0, start - 40) : start + 1]
+    last = None
+    for last in _CJK_SPACE.finditer(window):
+        pass
+    return window[last.end() if last else 0 : len(window) - (1 if start < len(text) else 0)]
+
+
 def _negated(text: str, start: int, end: int) -> bool:
-    before = text[max(0, start - 40) : start]
+    """Whether the cue found at ``start:end`` is refused rather than asked for."""
+    before = _clause_before(text, start)
+    inside = _NEG_INSIDE.search(text, start, end)
     return bool(
         _NEG_BEFORE.search(before)
         or _NEG_BEFORE_ZH.search(before[-6:])
         or _NEG_AFTER.search(text[end : end + 12])
-        or _NEG_INSIDE.search(text[start:end])
+        # A cue that opens with the negation (after at most a "from now on") asks for
+        # it: "不要再推送", "以后不要再收集", "don't sell my data", "keine Werbung mehr"
+        # are the request, not a refusal of one.  "账号不要注销" is a refusal.
+        or (inside is not None and not _LEAD_IN.fullmatch(text, start, inside.start()))
     )
+
+
+#: what may come before a negation that opens a request ("以后也请不要…", "from now on don't…")
+_LEAD_IN = re.compile(r"(?:以后|今后|往后|从现在起|今後|也|请|請|还|再|please|and|from now on|in future|going forward|[\s,，])*", re.I)
+
+
+# A cue found in what already happened is context, not a request: "我已经注销了账号，
+# 却还在扣费", "不小心把录像删了", "确认我的录像已经删除了".  Chinese marks it with
+# 已经/早就 or 不小心 rather than a tense; other languages' past forms do not match the
+# cues' verbs in the first place ("I closed" is not "close").
+_DONE_BEFORE_ZH = re.compile(r"(已经|早已|早就)(?!决定|打算|准备|想|考虑)[^，。！？；,\n]{0,10}$|不小心[^，。！？；,\n]{0,10}$|[已误][^，。！？；,\n]?$")
+#: not "删除已经采集的照片"; "账号被冻结" / "將被刪除" happened (or will) to them, unasked
+_DONE_INSIDE_ZH = re.compile(r"(已经|已經|早已|早就)[被给]?(删|刪|注销|註銷|关|關|停|取消|撤回|退订|解绑|清)|[被將将]被?(冻结|凍結|停用|删|刪|注销|註銷|关闭|關閉|封)")
+
+
+def _already_done(text: str, start: int, end: int) -> bool:
+    return bool(_DONE_BEFORE_ZH.search(text[max(0, start - 12) : start]) or _DONE_INSIDE_ZH.search(text, start, end))
 
 
 # --------------------------------------------------------------------------- clauses
@@ -239,11 +288,33 @@ _NARRATIVE = re.compile(
     re.I,
 )
 
+# Saying who you are is not asking for anything: "My account email is j@x.org", "Mein
+# Konto ist unter … registriert", "账号：…".  The model reads such a clause as a
+# correction (it names an address); unless a cue backs it, it gives no secondary
+# right.  A new value ("my email is now …", "should be …") is still a correction.
+_IDENTIFYING = re.compile(
+    r"\b(my|our)\s+(\w+\s+){0,2}(e-?mail|email address|address|username|user name|user id|login|account|id|phone|number|worker id)\s+(is|was|are|:)\s"
+    r"|\b(registered|signed up)\s+(under|with)\b|\bi'?m writing from\b|\bsame (e-?mail|address|account)\b|\bthe one i'?m (writing|emailing) from\b"
+    r"|\bunter (der|dem|meiner)\b.{0,40}\bregistriert\b|\bmein(e)?\s+(\w+\s+)?(konto|e-mail|e-mail-adresse|benutzername|kundennummer)\b.{0,40}\b(ist|lautet)\b"
+    r"|\bmon (adresse|e-mail|identifiant|compte)\b.{0,30}\best\b|\bmi (correo|cuenta|usuario)\b.{0,30}\bes\b"
+    r"|^(账号|账户|帐号|注册|登录|用户)(邮箱|用户名|手机号?|ID|名)?\s*[:：是]|^(邮箱|用户ID|用户名|手机号|手机|设备 ?ID|worker id|account|user id)\s*[:：是]"
+    r"|^((full |first |last )?name|e-?mail|phone|tel|mobile|address|username|user ?name|user id|account( id| number| no\.?)?|customer (id|number)|date of birth|dob"
+    r"|nombre|correo|teléfono|dirección|usuario|vorname|nachname|telefon|adresse|benutzername|kundennummer|nom|prénom|courriel|téléphone|identifiant"
+    r"|姓名|名字|电话|联系电话|地址|氏名|名前|メール|電話番号?|住所|会員番号)\s*[:：]"
+    r"|^(アカウント|メールアドレス|ユーザーID|ユーザー名|登録メール)"
+    r"|(\b(is|was|are|ist|est|es|é)|是|为|は)\s*[\w.+-]+@[\w-]+\.",  # "… is x@example.org"
+    re.I,
+)
+_NEW_VALUE = re.compile(r"\b(now|new|changed|instead|should|wrong|incorrect|correct|right|update|neu|richtig|nouvelle|nueva|nuevo|correcto)\b|改|错|誤|間違|应|應", re.I)
+
 _CLAUSE_SPLIT = re.compile(
     r"(?<=[.!?。！？；;])\s+|[。！？；;\n]+|\s*[,，]?\s*\b(?:and then|and also|and|also|plus|as well as|then|but|afterwards)\b\s+"
     r"|[，,]\s*(?=(?:并且|并|还有|另外|同时|然后|再|也|以及|而且|顺便|and|y|und|et|e|also|plus)\b)"
     r"|(?:并且|然后|另外|同时|以及|而且|还有|顺便)|[，,]|、(?=[^、]{6,})|そして|また、|あわせて|併せて"
-    r"|\s+(?:und|sowie|außerdem|et|puis|ainsi que|y|además|e|também|além disso)\s+",
+    r"|\s+(?:und|sowie|außerdem|et|puis|ainsi que|y|además|e|também|além disso)\s+"
+    # A list ("销户 + 删除全部数据"), and a space between Chinese or Japanese words, which
+    # in a chat line is where one sentence ends and the next begins.
+    r"|\s*[+＋]\s*(?=[\u3040-\u30ff\u3400-\u9fff])|(?<=[\u3040-\u30ff\u3400-\u9fff])\s+(?=[\u3040-\u30ff\u3400-\u9fff])",
     re.I,
 )
 
@@ -433,10 +504,15 @@ class Classifier:
     # ----------------------------------------------------------------- internals
     def _prepare(self, text: str, subject: str) -> tuple[str, str, str, str]:
         new, rest = split_new_text(text)
+        subj = _subject_for_model(subject)
         if not new.strip() and rest:
             # Nothing but a forward or a quote: the quoted words are all there is.
             new = "\n".join(ln.lstrip("> ").rstrip() for ln in rest.splitlines())
-        subj = _subject_for_model(subject)
+        elif rest and _CHASER.search(new):
+            # "Nobody has answered the mail below": the request is the quoted one, and
+            # the reply's subject names it.
+            new = new.rstrip() + "\n" + quoted_words(rest)
+            subj = _REPLY_PREFIX.sub("", subject).strip()
         body = f"{subj}\n{new}" if subj else new
         lang = detect_language(new if _THREE_LETTERS.search(new) else f"{subject}\n{new}")
         return body, new, subject, lang
@@ -446,11 +522,14 @@ class Classifier:
         hits: list[_Hit] = []
         negated: list[_Hit] = []
         folded = text.casefold()
+        cjk = has_cjk(folded)
         for cue in self.cues:
             if cue.override:
                 continue
-            for m in cue.search_in(text, folded):
+            for m in cue.search_in(text, folded, cjk):
                 if m.end() == m.start():
+                    continue
+                if _already_done(text, m.start(), m.end()):
                     continue
                 hit = _Hit(cue, m.start(), m.end(), m.group(0))
                 (negated if _negated(text, m.start(), m.end()) else hits).append(hit)
@@ -486,9 +565,9 @@ class Classifier:
         cboosts: list[np.ndarray] = []
         for off, clause, _cp in clauses:
             lo, hi = off + shift, off + shift + len(clause)
-            cneg = [h for h in negated if h.start >= lo and h.end <= hi + 1]
+            cneg = [h for h in negated if _in_clause(h, lo, hi, shift)]
             cnegs.append(cneg)
-            cboosts.append(_boost([h for h in hits if h.start >= lo and h.end <= hi + 1], cneg))
+            cboosts.append(_boost([h for h in hits if _in_clause(h, lo, hi, shift)], cneg))
         if clauses:
             cb = np.array(cboosts)
             cscores = np.log(np.array([cp for _, _, cp in clauses]) + 1e-4) + cb
@@ -508,6 +587,8 @@ class Classifier:
             if (cboost[j] > 0 and cprob[j] >= self.SECONDARY_WITH_CUE) or cprob[j] >= self.SECONDARY_MODEL_ONLY:
                 if cboost[j] <= 0 and _NARRATIVE.search(clause):
                     continue  # "I closed my account in January": a story, not a request
+                if cboost[j] <= 0 and _IDENTIFYING.search(clause) and not _NEW_VALUE.search(clause):
+                    continue  # "My account email is …": who is asking, not what
                 seen[it] = off
                 cues_out.append(f'{it}: clause "{clause[:60]}"')
         seen.setdefault(primary, -1)
@@ -533,6 +614,21 @@ class Classifier:
             lang,
             tuple(cues_out),
         )
+
+
+_SENTENCE_END = re.compile(r"[!?。！？;；\n]|\.\s+[^\W\d_]")  # not "Art. 15 DSGVO"
+
+
+def _in_clause(h: _Hit, lo: int, hi: int, new_from: int) -> bool:
+    """Whether cue hit ``h`` speaks for the clause at ``lo:hi`` of the text.
+
+    A hit inside the clause does.  So does one that runs into it from the clause before
+    within one sentence of the new text, because a cue belongs to the clause where it
+    ends, where its object is: "delete my account and everything you've got on me"
+    asks, in its second clause, for the data."""
+    if h.start >= lo and h.end <= hi + 1:
+        return True
+    return lo < h.end <= hi + 1 and h.start >= new_from and not _SENTENCE_END.search(h.text)
 
 
 def _boost(hits: list[_Hit], negated: list[_Hit] = ()) -> np.ndarray:

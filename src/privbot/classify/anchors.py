@@ -25,7 +25,7 @@ except ImportError:  # pragma: no cover - Python < 3.11
 
 __all__ = ["anchors", "may_match"]
 
-_MAX_SET = 64  # a literal alternative set larger than this is not worth expanding
+_MAX_SET = 8  # a literal alternative set larger than this is not worth expanding
 
 
 def anchors(pattern: str | re.Pattern[str]) -> tuple[str, ...] | None:
@@ -140,9 +140,18 @@ def _best(cands: list[set[str]]) -> set[str] | None:
     return max(cands, key=lambda c: (min(_weight(s) for s in c), -len(c)))
 
 
+#: words in most messages privbot reads: as an anchor alone they would let the cue's
+#: regex run on nearly every message, so a longer or rarer requirement is preferred
+_COMMON = frozenset({"account", "data", "information", "info", "email", "address", "have", "keep", "please",
+                     "want", "like", "need", "all", "my", "the", "me", "you", "your", "and", "to", "of"})
+
+
 def _weight(s: str) -> int:
-    """How selective an anchor is, capped: a CJK character says as much as two Latin ones."""
-    return min(4, sum(2 if ord(ch) > 0x2E80 else 1 for ch in s))
+    """How selective an anchor is, capped: a CJK character says as much as two Latin ones;
+    a word nearly every message holds says next to nothing."""
+    if s.strip().casefold() in _COMMON:
+        return 1
+    return min(5, sum(2 if ord(ch) > 0x2E80 else 1 for ch in s))
 
 
 def _need_seq(items: list) -> set[str] | None:

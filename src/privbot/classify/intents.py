@@ -8,7 +8,10 @@ trained model can be cached and reused only while they are unchanged.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -16,6 +19,14 @@ from pathlib import Path
 
 from privbot.classify.anchors import anchors, may_match
 from privbot.domain import Intent
+
+
+#: Chinese and Japanese characters (kana, CJK ideographs and their extensions)
+_CJK = re.compile(r"[\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f]")
+
+
+def has_cjk(text: str) -> bool:
+    return _CJK.search(text) is not None
 
 
 @dataclass(frozen=True)
@@ -29,10 +40,18 @@ class Cue:
     field: str = "text"  # "text": new text + subject; "any": also the quoted rest
     #: case-folded literals one of which every match contains (None: always run the regex)
     anchors: tuple[str, ...] | None = None
+    #: the anchors without a Chinese or Japanese character: a text that has none cannot
+    #: contain the others, so for such a text (most mail) only these are looked for
+    latin_anchors: tuple[str, ...] | None = dataclasses.field(init=False, repr=False, compare=False, default=None)
 
-    def search_in(self, text: str, folded: str):
-        """``finditer`` over ``text``, skipped when ``folded`` (its casefold) lacks every anchor."""
-        if not may_match(self.anchors, folded):
+    def __post_init__(self) -> None:
+        latin = None if self.anchors is None else tuple(a for a in self.anchors if not _CJK.search(a))
+        object.__setattr__(self, "latin_anchors", latin)  # frozen: set once, here
+
+    def search_in(self, text: str, folded: str, cjk: bool = True):
+        """``finditer`` over ``text``, skipped when ``folded`` (its casefold) lacks every anchor;
+        ``cjk=False`` promises the text has no Chinese or Japanese character."""
+        if not may_match(self.anchors if cjk else self.latin_anchors, folded):
             return ()
         return self.pattern.finditer(text)
 
@@ -108,3 +127,69 @@ def load_intents(intents_dir: Path) -> list[IntentSpec]:
             )
         )
     return specs
+
+
+#: ``[examples]``, a language's list opening (``en = [``) and closing (``]``) — the layout
+#: every intents file has; :func:`add_example` edits nothing else
+_EXAMPLES_TABLE = re.compile(r"\s*\[examples\]\s*(#.*)?")
+_TABLE_HEADER = re.compile(r"\s*\[")
+_LIST_CLOSE = re.compile(r"\s*\]\s*(#.*)?")
+
+
+def add_example(path: Path, lang: str, text: str) -> bool:
+    """Append ``text`` to the ``[examples]`` list for ``lang`` in the intents file ``path``,
+    keeping its comments and layout; ``False`` when it is an example there already.
+
+    The file is the privacy officer's: it is edited as text, one line added (or a new
+    language's list at the end of ``[examples]``), and written only if reading it back
+    gives exactly what it gave before plus this one example.  A file laid out some other
+    way raises :class:`IntentFileError` and is left as it was.
+    """
+    if not re.fullmatch(r"[a-z]{2,3}", lang):
+        raise IntentFileError(f"not a language code: {lang!r}")
+    source = path.read_text(encoding="utf-8")
+    try:
+        before = tomllib.loads(source)
+    except tomllib.TOMLDecodeError as exc:
+        raise IntentFileError(f"{path}: {exc}") from exc
+    examples = before.get("examples") or {}
+    if text in examples.get(lang, []):
+        return False
+    item = json.dumps(text, ensure_ascii=False)  # a JSON string is a TOML basic string
+    lines = source.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
+    header = next((i for i, line in enumerate(lines) if _EXAMPLES_TABLE.fullmatch(line.rstrip("\n"))), None)
+    if header is None:
+        lines += ["\n", "[examples]\n", f"{lang} = [\n", f"  {item},\n", "]\n"]
+    else:
+        end = next((i for i in range(header + 1, len(lines)) if _TABLE_HEADER.match(lines[i])), len(lines))
+        opening = re.compile(rf"\s*{lang}\s*=\s*\[\s*(#.*)?")
+        start = next((i for i in range(header + 1, end) if opening.fullmatch(lines[i].rstrip("\n"))), None)
+        if start is None:  # a language the file has no list for yet: at the end of [examples]
+            at = end
+            while at > header + 1 and not lines[at - 1].strip():
+                at -= 1
+            lines[at:at] = [f"{lang} = [\n", f"  {item},\n", "]\n"]
+        else:
+            close = next((i for i in range(start + 1, end) if _LIST_CLOSE.fullmatch(lines[i].rstrip("\n"))), None)
+            if close is None:
+                raise IntentFileError(f"{path}: the {lang} examples do not end with a line holding only ']'; add the example by hand")
+            last = next((i for i in range(close - 1, start, -1) if lines[i].strip() and not lines[i].lstrip().startswith("#")), None)
+            if last is not None and not lines[last].rstrip().endswith(","):
+                lines[last] = lines[last].rstrip("\n").rstrip() + ",\n"
+            lines.insert(close, f"  {item},\n")
+    edited = "".join(lines)
+    expected = {**before, "examples": {**examples, lang: [*examples.get(lang, []), text]}}
+    try:
+        if tomllib.loads(edited) != expected:
+            raise ValueError
+    except (tomllib.TOMLDecodeError, ValueError):
+        raise IntentFileError(f"{path}: its layout is not the usual one; add the example by hand") from None
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        fh.write(edited)
+        fh.flush()
+        os.fsync(fh.fileno())  # on disk before the caller takes the correction off its queue
+    os.replace(tmp, path)
+    return True

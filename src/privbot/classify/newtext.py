@@ -167,3 +167,19 @@ def split_new_text(text: str) -> tuple[str, str]:
 def new_text(text: str) -> str:
     """Only the person's own words (see :func:`split_new_text`)."""
     return split_new_text(text)[0]
+
+
+def quoted_words(rest: str) -> str:
+    """What the earlier message said, from the quoted part ``split_new_text`` returned:
+    quote marks stripped, and without its reply header ("On … wrote:"), separator lines
+    and header block (From / Sent / To / Subject), which name people, not requests."""
+    out: list[str] = []
+    for raw in rest.splitlines():
+        line = raw.lstrip("> ").rstrip()
+        stripped = line.strip()
+        if not stripped or _SEPARATOR.match(stripped) or _HEADER_FROM.match(stripped) or _HEADER_NEXT.match(stripped):
+            continue
+        if _REPLY_HEADER.match(stripped):
+            continue
+        out.append(line)
+    return "\n".join(out)
