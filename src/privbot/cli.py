@@ -321,6 +321,51 @@ def cmd_audit_verify(args: argparse.Namespace, settings: Settings) -> int:
     return 1
 
 
+def cmd_learned(args: argparse.Namespace, settings: Settings) -> int:
+    """The staff corrections waiting for review: id, when, ticket, right(s), language, who, words."""
+    from privbot import learned
+
+    rows = learned.waiting(settings)
+    if args.json:
+        for w in rows:
+            print(json.dumps({"id": w.id, **{k: w.row.get(k) for k in ("ticket", "intent", "intents", "lang", "by", "at", "subject", "text")}},
+                             ensure_ascii=False))
+        return 0
+    if not rows:
+        print("no staff corrections waiting for review")
+        return 0
+    for w in rows:
+        rights = "+".join(str(i) for i in (w.row.get("intents") or [w.intent]))
+        words = " ".join(w.text.split())
+        print(f"{w.id}  {str(w.row.get('at', ''))[:16]}  {w.row.get('ticket') or '-'}  {rights}  {w.lang}  {w.row.get('by') or '-'}  "
+              f"{words[:100]}{'…' if len(words) > 100 else ''}")
+    print(f"{len(rows)} waiting: 'privbot learned accept ID --as EMAIL' adds one to intents/, 'privbot learned reject ID --as EMAIL' drops it")
+    return 0
+
+
+def cmd_learned_accept(args: argparse.Namespace, settings: Settings) -> int:
+    from privbot import learned
+
+    try:
+        example, path, words = learned.accept(_services(settings), args.id, actor=args.as_, text=args.text)
+    except learned.ReviewError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"{example.id}: added to {path} ({example.lang}): {json.dumps(words, ensure_ascii=False)}")
+    print("read it for names or other personal details before you commit the file; privbot retrains when it next starts")
+    return 0
+
+
+def cmd_learned_reject(args: argparse.Namespace, settings: Settings) -> int:
+    from privbot import learned
+
+    try:
+        example = learned.reject(_services(settings), args.id, actor=args.as_)
+    except learned.ReviewError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"{example.id}: dropped; intents/ unchanged")
+    return 0
+
+
 def cmd_accounts_import(args: argparse.Namespace, settings: Settings) -> int:
     from privbot.accounts import cmd_accounts_import as run
 
@@ -398,6 +443,18 @@ def build_parser() -> argparse.ArgumentParser:
     audit_sub = sp.add_subparsers(dest="audit_command", parser_class=_Parser)
     av = audit_sub.add_parser("verify", help="prove the audit trail is intact")
     av.set_defaults(func=cmd_audit_verify)
+    sp = add("learned", cmd_learned, "staff corrections waiting for review (accept one into intents/, or reject it)")
+    sp.add_argument("--json", action="store_true")
+    learned_sub = sp.add_subparsers(dest="learned_command", parser_class=_Parser)
+    la = learned_sub.add_parser("accept", help="add a waiting correction to its right's examples in intents/ (addresses and numbers masked)")
+    la.add_argument("id")
+    la.add_argument("--as", dest="as_", required=True, metavar="STAFF_EMAIL")
+    la.add_argument("--text", help="the words to add instead of the requester's own (masked) words")
+    la.set_defaults(func=cmd_learned_accept)
+    lr = learned_sub.add_parser("reject", help="drop a waiting correction without using it")
+    lr.add_argument("id")
+    lr.add_argument("--as", dest="as_", required=True, metavar="STAFF_EMAIL")
+    lr.set_defaults(func=cmd_learned_reject)
     sp = add("accounts", lambda a, s: (_ for _ in ()).throw(UsageError("accounts: say 'accounts import FILE.csv'")), "customer account directory")
     accounts_sub = sp.add_subparsers(dest="accounts_command", parser_class=_Parser)
     ai = accounts_sub.add_parser("import", help="load known accounts from a CSV file (email, name, phone, account_id)")
