@@ -289,3 +289,23 @@ def test_a_mail_path_is_read_exactly_as_aiosmtpd_reads_it(arg: str, limit: int) 
             return type(exc)
 
     assert outcome(PrivacySMTP.__new__(PrivacySMTP)) == outcome(SMTP.__new__(SMTP))
+
+
+def test_a_follow_up_to_ones_own_unanswered_request_joins_its_ticket(services: Services, smtp_port: int) -> None:
+    request = make_mail("Please send me a copy of all the personal data you hold about me.")
+    send(smtp_port, request)
+    # Two weeks later, no answer read: the requester replies to their own sent mail.
+    chaser = make_mail("It's been two weeks and nobody has replied to the message below. Please answer it.",
+                       subject="Re: Privacy request")
+    chaser["In-Reply-To"] = request["Message-ID"]
+    chaser["References"] = request["Message-ID"]
+    send(smtp_port, chaser)
+    [ticket] = tickets(services)
+    with services.db.transaction() as s:
+        kinds = [m.kind for m in s.scalars(select(Message).where(Message.ticket_id == ticket.id, Message.direction == "in").order_by(Message.id))]
+    assert ticket.intent == "access" and kinds == ["request", "reply"]
+    # Someone else replying to Alice's mail (a forward, a colleague) opens a ticket of their own.
+    stranger = make_mail("Same for me please, send me everything you hold.", sender="mallory@example.net", subject="Re: Privacy request")
+    stranger["In-Reply-To"] = request["Message-ID"]
+    send(smtp_port, stranger, sender="mallory@example.net")
+    assert [t.requester for t in tickets(services)] == ["alice@example.org", "mallory@example.net"]

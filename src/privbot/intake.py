@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Integer, String, any_, bindparam, cast, func, literal_column, null, select, text, union_all
+from sqlalchemy import Integer, String, and_, any_, bindparam, cast, func, literal_column, null, or_, select, text, union_all
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -40,9 +40,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def _message_id_key(message_id: str) -> str:
+    """The dedupe key of a delivery that has a Message-ID."""
+    return "mid:" + message_id.strip()[:290]
+
+
 def dedupe_key(inbound: Inbound) -> str:
     if inbound.message_id:
-        return "mid:" + inbound.message_id.strip()[:290]
+        return _message_id_key(inbound.message_id)
     h = hashlib.sha256()
     h.update(inbound.raw if inbound.raw is not None else f"{inbound.channel}\0{inbound.sender}\0{inbound.subject}\0{inbound.text}".encode())
     return "sha:" + h.hexdigest()
@@ -229,19 +234,27 @@ def find_thread(session: Session, inbound: Inbound) -> Ticket | None:
     """The ticket this message continues, if it comes from that ticket's requester.
 
     A reference in the subject (or, failing that, the text) or an In-Reply-To /
-    References naming one of privbot's own Message-IDs joins the ticket.  A stranger
-    quoting someone else's reference starts a ticket of their own instead: nobody can
-    add to, or verify, another person's request.
+    References naming one of privbot's own Message-IDs joins the ticket — and so does
+    one naming the requester's own earlier message: "nobody has answered the mail
+    below" chases that request, and must not open a second ticket beside it.  A
+    stranger quoting someone else's reference or mail starts a ticket of their own
+    instead: nobody can add to, or verify, another person's request.
     """
     candidates = _named_refs(inbound)
-    message_ids = [i for i in (inbound.in_reply_to, *inbound.references) if i]
+    message_ids = [i for i in (inbound.in_reply_to, *inbound.references) if i][-20:]
     if message_ids:  # no In-Reply-To / References (most first requests): no query at all
-        rows = session.scalars(
-            select(Message.ticket_id).where(
-                Message.direction == "out", Message.message_id.in_(message_ids[-20:]), Message.ticket_id.is_not(None)
+        # Ours by their Message-ID; what we received by its dedupe key (both indexed).
+        rows = session.execute(
+            select(Message.ticket_id, Message.direction).where(
+                or_(
+                    and_(Message.direction == "out", Message.message_id.in_(message_ids)),
+                    Message.dedupe_key.in_([_message_id_key(i) for i in message_ids]),
+                ),
+                Message.ticket_id.is_not(None),
             )
-        )
-        candidates.extend(t for t in rows if t is not None)
+        ).all()
+        candidates.extend(t for t, d in rows if d == "out")  # a reply to our mail first
+        candidates.extend(t for t, d in rows if d != "out")
     for ticket_id in candidates:
         ticket = session.get(Ticket, ticket_id)
         if ticket is not None and _same_requester(ticket, inbound):
