@@ -206,6 +206,29 @@ def test_a_follow_up_that_only_chases_is_read_with_the_request_it_quotes(clf: Cl
     assert clf.classify(body, "Re: my request", "email").intent is intent
 
 
+def test_a_fragment_that_asks_for_nothing_adds_no_second_right(clf: Classifier) -> None:
+    # "A copy of your DPA would" is what clause splitting leaves of "… would also help":
+    # the model alone read it as an access request; it is not worded as any request.
+    c = clf.classify("Hello, a question for our vendor review: which countries store EU customer data, and which "
+                     "sub-processors do you use? A copy of your DPA would also help.", "Vendor questionnaire", "email")
+    assert c.intents == (Intent.OTHER,)
+
+
+@pytest.mark.parametrize(
+    ("text", "intent"),
+    [
+        ("Your privacy policy says you don't share my phone number. Then why are recruiters calling me? "
+         "I want a list of everyone you gave it to.", Intent.ACCESS),
+        ("please make sure you don't share my data with advertisers", Intent.WITHDRAWAL),
+    ],
+)
+def test_what_the_company_says_it_does_not_do_is_not_a_request(clf: Classifier, text: str, intent: Intent) -> None:
+    # "you don't share" reports a promise; "make sure you don't share" asks for it.
+    c = clf.classify(text, channel="chat")
+    assert c.intent is intent
+    assert (Intent.WITHDRAWAL in c.intents) is (intent is Intent.WITHDRAWAL)
+
+
 def test_cues_say_why(clf: Classifier) -> None:
     c = clf.classify("unsubscribe me from the newsletter")
     assert c.cues and any("withdrawal" in cue for cue in c.cues)

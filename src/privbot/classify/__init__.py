@@ -264,6 +264,17 @@ def _negated(text: str, start: int, end: int) -> bool:
 _LEAD_IN = re.compile(r"(?:以后|今后|往后|从现在起|今後|也|请|請|还|再|please|and|from now on|in future|going forward|[\s,，])*", re.I)
 
 
+# A negation-led cue says what someone else does, not what the writer asks, when a
+# subject other than the writer comes right before it: "your policy says you don't
+# share", "they never sell" ("make sure you don't share" still asks).
+_OTHERS_SUBJECT = re.compile(r"(?<!make sure )(?<!ensure )(?<!ensure that )\b(you|they|he|she|it|which|who|company|policy)\s+$", re.I)
+_NEG_START = re.compile(r"(don'?t|do not|dont|never|no longer)\b", re.I)
+
+
+def _stated(text: str, start: int, end: int) -> bool:
+    return bool(_NEG_START.match(text, start, end) and _OTHERS_SUBJECT.search(text[max(0, start - 30) : start]))
+
+
 # A cue found in what already happened is context, not a request: "我已经注销了账号，
 # 却还在扣费", "不小心把录像删了", "确认我的录像已经删除了".  Chinese marks it with
 # 已经/早就 or 不小心 rather than a tense; other languages' past forms do not match the
@@ -306,6 +317,26 @@ _IDENTIFYING = re.compile(
     re.I,
 )
 _NEW_VALUE = re.compile(r"\b(now|new|changed|instead|should|wrong|incorrect|correct|right|update|neu|richtig|nouvelle|nueva|nuevo|correcto)\b|改|错|誤|間違|应|應", re.I)
+
+# A clause the model alone names as a second request must at least be worded as one:
+# a plea, a wish, a question, an imperative verb of the rights, a "no more".  Clause
+# splitting leaves fragments ("avatar into the account.", "account numbers") that the
+# model, seeing a few privacy words, would otherwise turn into requests nobody made.
+_ASKING = re.compile(
+    r"\?|？|\b(please|pls|plz|kindly|want|wanna|would like|'d like|need|can (you|u)|could (you|u)|would you|will you|let me"
+    r"|(i|we) (ask|request|demand|object)|stop|don'?t|do not|no longer|never|no more|remove|delete|erase|wipe|close|cancel|change"
+    r"|update|fix|correct|amend|swap|switch|send|give|tell|show|provide|confirm|unsubscribe|opt\s*(me\s*)?out|get rid|take (me|it) off"
+    r"|like to|hereby|terminat\w*|deactivate|deleted|removed|erased|closed|(has|have) changed|is now"
+    r"|appreciate|expect|insist|prefer|must|should|object|ask you|too|as well|also)\b"
+    r"|请|麻烦|帮|能不能|能否|可以|可否|希望|要求|想|要|别|不要|不想|停止|删|注销|改|更正|发|给我|告诉|提供|吗|也|还有|顺便|把"
+    r"|ください|下さい|お願い|たい|頂け|いただ|削除|停止|教え|ほし|願|希望|求め|ないで|やめ|消して"
+    r"|\b(bitte|möchte|will|wünsche|fordere|verlange|soll|sollen|auch|können sie|könnten sie|keine|nicht mehr|lösch\w*|schick\w*|send\w*)\b"
+    r"|\b(merci de|veuillez|je veux|je voudrais|je souhait\w*|je (vous )?demande|j'exige|je m'oppose|aussi|pouvez|pourriez|ne plus|s'il vous pla\w*)|supprim|envoy"
+    r"|\b(por favor|quiero|quisiera|deseo|solicito|pido|necesito|me gustar[ií]a|exijo|tambi[eé]n|pueden|podr[ií]an|no m[aá]s|dejen|cierren|cancelen|den de baja"
+    r"|quero|gostaria|peço|podem|poderiam|não quero|parem|deixem|fechem|cancelem)\b"
+    r"|borr|elimin|envi[aeo]|apag|exclu",
+    re.I,
+)
 
 _CLAUSE_SPLIT = re.compile(
     r"(?<=[.!?。！？；;])\s+|[。！？；;\n]+|\s*[,，]?\s*\b(?:and then|and also|and|also|plus|as well as|then|but|afterwards)\b\s+"
@@ -529,7 +560,7 @@ class Classifier:
             for m in cue.search_in(text, folded, cjk):
                 if m.end() == m.start():
                     continue
-                if _already_done(text, m.start(), m.end()):
+                if _already_done(text, m.start(), m.end()) or _stated(text, m.start(), m.end()):
                     continue
                 hit = _Hit(cue, m.start(), m.end(), m.group(0))
                 (negated if _negated(text, m.start(), m.end()) else hits).append(hit)
@@ -589,6 +620,8 @@ class Classifier:
                     continue  # "I closed my account in January": a story, not a request
                 if cboost[j] <= 0 and _IDENTIFYING.search(clause) and not _NEW_VALUE.search(clause):
                     continue  # "My account email is …": who is asking, not what
+                if cboost[j] <= 0 and not _ASKING.search(clause):
+                    continue  # "avatar into the account.": a fragment that asks for nothing
                 seen[it] = off
                 cues_out.append(f'{it}: clause "{clause[:60]}"')
         seen.setdefault(primary, -1)
