@@ -199,6 +199,7 @@ def test_a_cue_running_into_the_next_clause_counts_there(clf: Classifier) -> Non
     [
         ("Still waiting for an answer to this, three weeks now.", "Please close my account and stop emailing me.", Intent.CANCELLATION),
         ("两个星期了还没人回复，请尽快处理。", "你好，请把你们保存的我的全部个人信息导出发给我。", Intent.ACCESS),
+        ("Sigo esperando respuesta, ya pasaron tres semanas.", "Hola, por favor corrijan mi número de teléfono, el nuevo es +34 600 000 000.", Intent.CORRECTION),
     ],
 )
 def test_a_follow_up_that_only_chases_is_read_with_the_request_it_quotes(clf: Classifier, chaser: str, quoted: str, intent: Intent) -> None:
@@ -227,6 +228,23 @@ def test_what_the_company_says_it_does_not_do_is_not_a_request(clf: Classifier, 
     c = clf.classify(text, channel="chat")
     assert c.intent is intent
     assert (Intent.WITHDRAWAL in c.intents) is (intent is Intent.WITHDRAWAL)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["本人申请注销账号（注册邮箱：li.na@example.com），并请删除我的全部个人信息。",
+     "Bitte löschen Sie mein Konto (Kundennummer: 448812-22) und alle Daten dazu."],
+)
+def test_an_aside_saying_who_is_asking_does_not_outweigh_the_request(clf: Classifier, text: str) -> None:
+    # The address in brackets made the model read the closing clause as a correction.
+    assert clf.classify(text).intents == (Intent.CANCELLATION, Intent.DELETION)
+
+
+def test_a_negation_in_the_next_chat_sentence_does_not_refuse_the_request(clf: Classifier) -> None:
+    # "号不用动" (leave the account alone) is its own sentence: "帮我删了" is still asked for.
+    c = clf.classify("以前发的那几条带我家门口照片的动态 帮我删了 号不用动", channel="chat")
+    assert c.intents == (Intent.DELETION,)
+    assert any(cue.startswith("deletion:") and "删了" in cue for cue in c.cues)
 
 
 def test_cues_say_why(clf: Classifier) -> None:

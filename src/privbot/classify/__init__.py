@@ -201,9 +201,9 @@ _CHASER = re.compile(
     r"\b(nobody|no one|no-one)\b[^.!?\n]{0,20}\b(has |have )?(replied|answered|responded|got back)|\bstill (waiting|no (reply|answer|response))\b"
     r"|\b(haven't|have not|never) (heard back|had (a |any )?(reply|answer|response)|received (a |any )?(reply|answer|response))"
     r"|\b(following up|chasing|second request|reminder)\b|\b(message|mail|email|request) below\b|\bsee (my )?(message|mail|email|request )?below\b"
-    r"|(没人|没有人|一直没|还没(有)?人?)(回复|回应|处理|答复)|(请|麻烦)?尽快处理|催一下|再次(来信|提醒|申请)"
+    r"|(没人|没有人|一直没|还没(有)?人?)(回复|回应|处理|答复)|(请|麻烦)?尽快处理|催一下|再次(来信|提醒|申请)|没有(任何)?(回复|回音|答复|消息)|没人理|石沉大海"
     r"|(まだ|いまだに)(返信|回答|連絡)|返信がありません|keine (antwort|rückmeldung)|noch (keine|nicht)\b.{0,20}(antwort|geantwortet|bearbeitet)"
-    r"|toujours pas de (réponse|retour)|sans (réponse|nouvelles)|sin respuesta|todavía no (he recibido|me han respondido)|sem resposta",
+    r"|toujours pas de (réponse|retour)|sans (réponse|nouvelles)|sin respuesta|sigo esperando|todavía no (he recibido|me han respondido)|sem resposta|ainda (aguardo|estou aguardando)",
     re.I,
 )
 
@@ -245,6 +245,13 @@ def _clause_before(text: str, start: int) -> str:
     return window[last.end() if last else 0 : len(window) - (1 if start < len(text) else 0)]
 
 
+def _clause_after(text: str, end: int) -> str:
+    """Up to 12 characters after ``end``, to the next chat-style sentence boundary:
+    "帮我删了 号不用动" — the 不用 is about the account, in the sentence after."""
+    gap = _CJK_SPACE.search(text, end, end + 12)
+    return text[end : gap.start() if gap else end + 12]
+
+
 def _negated(text: str, start: int, end: int) -> bool:
     """Whether the cue found at ``start:end`` is refused rather than asked for."""
     before = _clause_before(text, start)
@@ -252,7 +259,7 @@ def _negated(text: str, start: int, end: int) -> bool:
     return bool(
         _NEG_BEFORE.search(before)
         or _NEG_BEFORE_ZH.search(before[-6:])
-        or _NEG_AFTER.search(text[end : end + 12])
+        or _NEG_AFTER.search(_clause_after(text, end))
         # A cue that opens with the negation (after at most a "from now on") asks for
         # it: "不要再推送", "以后不要再收集", "don't sell my data", "keine Werbung mehr"
         # are the request, not a refusal of one.  "账号不要注销" is a refusal.
@@ -335,6 +342,15 @@ _ASKING = re.compile(
     r"|\b(por favor|quiero|quisiera|deseo|solicito|pido|necesito|me gustar[ií]a|exijo|tambi[eé]n|pueden|podr[ií]an|no m[aá]s|dejen|cierren|cancelen|den de baja"
     r"|quero|gostaria|peço|podem|poderiam|não quero|parem|deixem|fechem|cancelem)\b"
     r"|borr|elimin|envi[aeo]|apag|exclu",
+    re.I,
+)
+
+# "特申请注销本人账号（注册邮箱：a@b.cn）", "close my account (login: jdoe)": an aside that
+# only says who is asking.  Left in, its address outweighs the request around it (an
+# address is what most correction requests carry).
+_ID_ASIDE = re.compile(
+    r"\s?[（(]\s*(?:注册|註冊|登录|登入|账号|帳號|账户|帳戶|用户|用戶|邮箱|信箱|registered|account|login|user|e-?mail|username|customer|"
+    r"workspace|kundennummer|kundenkonto|konto|compte|identifiant|cuenta|conta|usuario|アカウント|登録)[^()（）\n]{0,20}[:：]\s*[^()（）\n]{1,60}[)）]",
     re.I,
 )
 
@@ -535,6 +551,7 @@ class Classifier:
     # ----------------------------------------------------------------- internals
     def _prepare(self, text: str, subject: str) -> tuple[str, str, str, str]:
         new, rest = split_new_text(text)
+        new = _ID_ASIDE.sub("", new)
         subj = _subject_for_model(subject)
         if not new.strip() and rest:
             # Nothing but a forward or a quote: the quoted words are all there is.
