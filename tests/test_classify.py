@@ -247,6 +247,45 @@ def test_a_negation_in_the_next_chat_sentence_does_not_refuse_the_request(clf: C
     assert any(cue.startswith("deletion:") and "删了" in cue for cue in c.cues)
 
 
+@pytest.mark.parametrize(
+    "text",
+    ["I just got an email saying my account deletion request has been received?? I never asked to delete my account. "
+     "I only asked about the team plan price",
+     "我没有要注销账号啊？？我就问一下会员怎么续费，客服怎么给我发了个注销确认"],
+)
+def test_someone_who_never_asked_for_a_right_is_not_answered_as_if_they_had(clf: Classifier, text: str) -> None:
+    # The notification they quote names the right; they say they did not ask for it.
+    c = clf.classify(text, channel="chat")
+    assert c.intents == (Intent.OTHER,)
+    assert not any(cue.startswith("cancellation") for cue in c.cues)
+
+
+@pytest.mark.parametrize(
+    ("text", "first"),
+    [
+        ("Please close my account. Before you do, let me know whether anything else is linked to this email address.", Intent.CANCELLATION),
+        ("把我所有的远程连接日志删了。删之前能先告诉我你们都记了些什么吗", Intent.DELETION),
+        ("请停止给我发营销短信。另外请告知你们是从什么渠道拿到我这个手机号的？", Intent.WITHDRAWAL),
+    ],
+)
+def test_a_question_added_to_a_request_is_a_second_right_of_access(clf: Classifier, text: str, first: Intent) -> None:
+    assert clf.classify(text, channel="email").intents == (first, Intent.ACCESS)
+
+
+def test_a_question_in_mail_that_asks_for_nothing_stays_a_question(clf: Classifier) -> None:
+    # The same "tell me whether" that adds access to a request does not make a
+    # prospective customer's question one.
+    c = clf.classify("Hello, I'm thinking of buying the team plan. Could you tell me whether your servers are in the EU?",
+                     "Pre-sales question", "email")
+    assert c.intents == (Intent.OTHER,)
+
+
+def test_a_second_request_that_points_back_counts(clf: Classifier) -> None:
+    c = clf.classify("my phone number on the profile is wrong, should be 07700 900123. also there's an old address "
+                     "from 2019 in there, get rid of that too pls", channel="chat")
+    assert c.intents == (Intent.CORRECTION, Intent.DELETION)
+
+
 def test_cues_say_why(clf: Classifier) -> None:
     c = clf.classify("unsubscribe me from the newsletter")
     assert c.cues and any("withdrawal" in cue for cue in c.cues)

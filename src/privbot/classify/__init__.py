@@ -598,10 +598,13 @@ class Classifier:
         # Cues are matched once on the whole text; a clause sees the hits inside it.
         hits, negated = self._cue_hits(body)
         shift = len(body) - len(new)  # body = subject line + new text
-        boost = _boost(hits, negated)
+        main_hits = [h for h in hits if not h.cue.second_only]
+        boost = _boost(main_hits, negated)
         score = np.log(p + 1e-4) + boost
         conf = _softmax(score[None, :])[0]
         primary = INTENT_ORDER[int(np.argmax(score))]
+        if primary is Intent.OTHER:
+            hits = main_hits  # a question in mail that asks for nothing is only a question
 
         # Secondary intents: a clause whose own best intent differs from the primary.
         # ``seen`` records where each intent is first asked for, to order them.
@@ -642,6 +645,9 @@ class Classifier:
                 seen[it] = off
                 cues_out.append(f'{it}: clause "{clause[:60]}"')
         seen.setdefault(primary, -1)
+        if primary is Intent.OTHER and boost[_OTHER_AT] >= STRONG_OTHER:
+            # "I never asked to close my account", a newsletter's footer: no right is asked for
+            seen, cues_out = {primary: -1}, []
         if len(seen) > 1:
             # Several requests: closing the account is the one that shapes the ticket
             # (the others become steps before it); otherwise the first one asked for leads.
@@ -700,6 +706,10 @@ def _boost(hits: list[_Hit], negated: list[_Hit] = ()) -> np.ndarray:
 
 
 NEGATION_PENALTY = 0.75
+#: an "other" cue this strong (a newsletter's footer, "I never asked to close my account")
+#: keeps the message "other" even where a clause names a right
+STRONG_OTHER = 3.0
+_OTHER_AT = INTENT_ORDER.index(Intent.OTHER)
 
 
 def _sklearn_version() -> str:

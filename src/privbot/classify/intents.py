@@ -38,6 +38,10 @@ class Cue:
     weight: float
     override: bool = False  # decides the intent on its own (bounces, auto-replies)
     field: str = "text"  # "text": new text + subject; "any": also the quoted rest
+    #: evidence only for a further request in its own clause, never for the main one:
+    #: "and tell me what else you hold" adds access to a request, but a letter is not an
+    #: access request because it asks a question somewhere
+    second_only: bool = False
     #: case-folded literals one of which every match contains (None: always run the regex)
     anchors: tuple[str, ...] | None = None
     #: the anchors without a Chinese or Japanese character: a text that has none cannot
@@ -114,6 +118,7 @@ def load_intents(intents_dir: Path) -> list[IntentSpec]:
                     weight=float(c.get("weight", 1.0)),
                     override=bool(c.get("override", False)),
                     field=str(c.get("field", "text")),
+                    second_only=bool(c.get("second_only", False)),
                     anchors=anchors(rx),
                 )
             )
