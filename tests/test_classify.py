@@ -286,6 +286,15 @@ def test_a_second_request_that_points_back_counts(clf: Classifier) -> None:
     assert c.intents == (Intent.CORRECTION, Intent.DELETION)
 
 
+@pytest.mark.parametrize(
+    ("text", "intent"),
+    [("麻烦把账户里的姓名统一更正为张晓雯，发票上显示错了", Intent.CORRECTION), ("你们有没有保存我微信的头像和昵称？", Intent.ACCESS)],
+)
+def test_chinese_chat_wording_for_correcting_and_asking(clf: Classifier, text: str, intent: Intent) -> None:
+    # Both were "other": 更正为 named no field before it, and 有没有保存我 was not a question about one's data.
+    assert clf.classify(text, channel="chat").intent is intent
+
+
 def test_cues_say_why(clf: Classifier) -> None:
     c = clf.classify("unsubscribe me from the newsletter")
     assert c.cues and any("withdrawal" in cue for cue in c.cues)
