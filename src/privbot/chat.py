@@ -18,10 +18,8 @@ again is recognised and never acted on twice (only its stored replies are re-sen
 from __future__ import annotations
 
 import logging
-import tomllib
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +27,7 @@ from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from privbot import audit, clock, verify
+from privbot import audit, clock, strings, verify
 from privbot.channels.mail_out import build_email, new_message_id
 from privbot.domain import PRIVACY_INTENTS, Channel, Classification, Inbound, Intent, format_ref
 from privbot.logs import mask
@@ -50,7 +48,7 @@ MAX_CODES_PER_ADDRESS_PER_DAY = 5
 #: wrong codes before a challenge locks, when verify.py does not say otherwise
 DEFAULT_MAX_ATTEMPTS = 5
 FLOOD_WINDOW = timedelta(minutes=1)
-LANGUAGE_FALLBACK = "en"
+LANGUAGE_FALLBACK = strings.FALLBACK
 
 
 # ----------------------------------------------------------------------------- values
@@ -137,34 +135,17 @@ class Strings:
         return tuple((labels.get(str(i), str(i)), f"intent:{i}") for i in BUTTON_INTENTS)
 
 
-@lru_cache(maxsize=32)
 def _load_strings(templates_dir: Path, lang: str) -> dict[str, Any]:
-    def read(code: str) -> dict[str, Any]:
-        path = templates_dir / "telegram" / f"{code}.toml"
-        return tomllib.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
-    merged = read(LANGUAGE_FALLBACK)
-    if lang != LANGUAGE_FALLBACK:
-        for key, value in read(lang).items():
-            if isinstance(value, dict):
-                merged[key] = {**merged.get(key, {}), **value}
-            else:
-                merged[key] = value
-    return merged
+    return strings.load(templates_dir, "telegram", lang)
 
 
 def available_languages(templates_dir: Path) -> list[str]:
-    return sorted(p.stem for p in (templates_dir / "telegram").glob("*.toml"))
+    return strings.available(templates_dir, "telegram")
 
 
 def pick_language(templates_dir: Path, *candidates: str) -> str:
     """The first candidate the bot speaks: ``zh-hans`` and ``zh-CN`` count as ``zh``."""
-    have = set(available_languages(templates_dir))
-    for c in candidates:
-        code = (c or "").strip().lower().replace("_", "-").split("-")[0]
-        if code in have:
-            return code
-    return LANGUAGE_FALLBACK
+    return strings.pick(templates_dir, "telegram", *candidates)
 
 
 # ------------------------------------------------------------------- verification API

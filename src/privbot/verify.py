@@ -351,7 +351,10 @@ def verification_link(settings: Settings, ticket: Ticket, code: str) -> str:
     """
     if not settings.public_url:
         return ""
-    return f"{settings.public_url.rstrip('/')}/verify/{quote(ticket.ref)}?code={code}"
+    # The page opens in the acknowledgement's language: a person who wrote in Chinese
+    # should not confirm on an English page.
+    lang = f"&lang={quote(ticket.language)}" if ticket.language else ""
+    return f"{settings.public_url.rstrip('/')}/verify/{quote(ticket.ref)}?code={code}{lang}"
 
 
 # ---------------------------------------------------------------------------- the verified step

@@ -40,7 +40,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from privbot import clock, replies
+from privbot import clock, replies, strings
 from privbot.audit import verify_chain
 from privbot.domain import Channel, Intent, Status
 from privbot.logs import mask
@@ -232,30 +232,31 @@ class Console:
 
     # ------------------------------------------------------------------ the requester's link
 
-    #: what a requester sees after pressing Confirm; a link that matches no open
-    #: challenge reads the same whether or not the reference exists
-    VERIFY_MESSAGES = {
-        "verified": "Thank you: your request is confirmed. We will answer by email.",
-        "code_wrong": "This code is not right. We have sent you an email with what to do next.",
-        "code_expired": "This code has expired. We have sent you a new one by email.",
-        "code_locked": "Too many attempts: this code is locked. Our privacy team will contact you.",
-        "no_challenge": "This link is no longer valid.",
-    }
+    def _page_language(self, request: Request, chosen: str | None) -> tuple[str, dict[str, Any]]:
+        """The requester's language for the confirmation page: the one the link names
+        (the acknowledgement's, so a person who wrote in Chinese reads Chinese), else
+        what the browser asks for; its words from ``templates/confirm_page/``."""
+        tdir = self.services.settings.templates_dir
+        lang = strings.pick(tdir, "confirm_page", chosen, *strings.accepted(request.headers.get("accept-language")))
+        return lang, strings.load(tdir, "confirm_page", lang)
 
     async def verify_page(self, request: Request) -> Response:
         """The link next to a mailed code: a page with a button, never an action on GET,
         because mail scanners open links by themselves."""
         code = "".join(ch for ch in request.query_params.get("code", "") if ch.isdigit())[:12]
         ref = request.path_params["ref"]
-        return self.render(request, "verify.html", staff=None, ref=ref, code=code, result=None)
+        lang, t = self._page_language(request, request.query_params.get("lang"))
+        return self.render(request, "verify.html", staff=None, ref=ref, code=code, result=None, page_lang=lang, t=t)
 
     async def verify_submit(self, request: Request) -> Response:
         from privbot import verify
         from privbot.domain import parse_ref
 
         form = await request.form(max_files=0, max_fields=20)
+        lang, t = self._page_language(request, str(form.get("lang") or "")[:10])
         if not (self._origin_ok(request) and auth.tokens_match(request.session.get("csrf"), form.get("csrf"))):
-            return self._refuse(request, None, 403, "This form has expired. Open the link from your email again.")
+            return self.render(request, "verify.html", status_code=403, staff=None, ref="", code="", result="form_expired",
+                               message=t["results"]["form_expired"], page_lang=lang, t=t)
         ref = request.path_params["ref"]
         code = str(form.get("code") or "")[:20]
 
@@ -269,8 +270,10 @@ class Console:
 
         result = await run_in_threadpool(run)
         status = 200 if result == "verified" else 400
+        # A link that matches no open challenge reads the same whether or not the reference exists.
+        message = t["results"].get(result) or t["results"]["no_challenge"]
         return self.render(request, "verify.html", status_code=status, staff=None, ref=ref, code="", result=result,
-                           message=self.VERIFY_MESSAGES.get(result, self.VERIFY_MESSAGES["no_challenge"]))
+                           message=message, page_lang=lang, t=t)
 
     # ------------------------------------------------------------------ login
 
