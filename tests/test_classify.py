@@ -295,6 +295,25 @@ def test_chinese_chat_wording_for_correcting_and_asking(clf: Classifier, text: s
     assert clf.classify(text, channel="chat").intent is intent
 
 
+@pytest.mark.parametrize(
+    ("text", "intents"),
+    [
+        ("delete all my remote session logs. actually wait can u tell me whats in them first? then delete",
+         (Intent.DELETION, Intent.ACCESS)),
+        ("Please update the email on my account to rukky.okafor@example.net. While you're at it, please keep the new "
+         "address off your newsletter and promo lists.", (Intent.CORRECTION, Intent.WITHDRAWAL)),
+        ("unsubscribe me from everything. btw ur still using my maiden name on the emails, change it to Castillo",
+         (Intent.WITHDRAWAL, Intent.CORRECTION)),
+        ("别再打电话推销了！！！一周三个。而且你们一直叫我李先生，我是女的，改一下", (Intent.WITHDRAWAL, Intent.CORRECTION)),
+        ("désinscrivez-moi de toutes vos listes. et vous avez eu mon adresse comment d'ailleurs? je veux savoir d'où elle vient",
+         (Intent.WITHDRAWAL, Intent.ACCESS)),
+    ],
+)
+def test_a_second_request_added_in_passing_is_found(clf: Classifier, text: str, intents: tuple[Intent, ...]) -> None:
+    # Each was answered as if it asked for one right only (study8's kind).
+    assert clf.classify(text, channel="chat").intents == intents
+
+
 def test_cues_say_why(clf: Classifier) -> None:
     c = clf.classify("unsubscribe me from the newsletter")
     assert c.cues and any("withdrawal" in cue for cue in c.cues)
