@@ -314,6 +314,15 @@ def test_a_second_request_added_in_passing_is_found(clf: Classifier, text: str, 
     assert clf.classify(text, channel="chat").intents == intents
 
 
+@pytest.mark.parametrize(
+    ("text", "intents"),
+    [("你们把我通讯录传上去了？？我不记得同意过 全给我删了 以后也别再读我通讯录", (Intent.DELETION, Intent.WITHDRAWAL)),
+     ("我不想让你们再有我的手机号了 能从系统里去掉吗 登录我用邮箱就行", (Intent.DELETION,))],
+)
+def test_chat_chinese_that_deletes_without_naming_the_data_again(clf: Classifier, text: str, intents: tuple[Intent, ...]) -> None:
+    assert clf.classify(text, channel="chat").intents == intents
+
+
 def test_cues_say_why(clf: Classifier) -> None:
     c = clf.classify("unsubscribe me from the newsletter")
     assert c.cues and any("withdrawal" in cue for cue in c.cues)
