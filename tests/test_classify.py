@@ -323,6 +323,18 @@ def test_chat_chinese_that_deletes_without_naming_the_data_again(clf: Classifier
     assert clf.classify(text, channel="chat").intents == intents
 
 
+@pytest.mark.parametrize(
+    ("text", "subject"),
+    [("尊敬的负责人：我们是一家数据合规服务商，可以帮助贵司自动处理用户查阅、更正、删除个人信息和撤回同意的请求。诚邀您预约线上演示，了解详情请回复本邮件。",
+      "合作洽谈：个人信息权利请求自动化"),
+     ("Hello, join our free webinar next Thursday: how SaaS teams answer access, erasure and opt-out requests within 30 days. "
+      "Register at the link below.", "Webinar: privacy requests at scale")],
+)
+def test_a_pitch_that_names_every_right_asks_for_none(clf: Classifier, text: str, subject: str) -> None:
+    # Before, a clause naming a right gave the pitch a second right to answer.
+    assert clf.classify(text, subject, "email").intents == (Intent.OTHER,)
+
+
 def test_cues_say_why(clf: Classifier) -> None:
     c = clf.classify("unsubscribe me from the newsletter")
     assert c.cues and any("withdrawal" in cue for cue in c.cues)
