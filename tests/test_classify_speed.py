@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from privbot.classify import (
     _MAX_CHARS,
+    _anchor_finder,
     _THREE_LETTERS,
     _TWO_LETTERS,
     _clauses,
@@ -100,6 +101,17 @@ def test_cue_prefilter_never_skips_a_cue_that_matches(specs, corpus: list[str]) 
                     checked += 1
                     assert may_match(cue.anchors, text.casefold()), (cue.label, text[:80])
     assert checked > 500  # the examples really exercise the cues
+
+
+def test_the_one_pass_anchor_search_finds_exactly_the_anchors_a_substring_search_finds(specs, corpus: list[str]) -> None:
+    # The classifier asks which of all the cues' anchors occur in one Aho-Corasick pass;
+    # it must answer exactly what asking each anchor with `in` answers.
+    every = {a for spec in specs for cue in spec.cues if cue.anchors for a in cue.anchors}
+    find = _anchor_finder(every)
+    texts = [v.casefold() for t in corpus for v in _variants(t)]
+    assert all(find(t) == {a for a in every if a in t} for t in texts)
+    assert sum(bool(find(t)) for t in texts) > len(texts) // 2  # the anchors really occur
+    assert _anchor_finder(set())("anything") == set()
 
 
 def test_cue_prefilter_skips_a_message_without_the_cues_words() -> None:

@@ -38,6 +38,7 @@ import random
 import re
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -479,6 +480,22 @@ class _Hit:
     text: str
 
 
+def _anchor_finder(anchor_set: set[str]) -> Callable[[str], set[str]]:
+    """A function giving the anchors of ``anchor_set`` that occur in a (case-folded) text."""
+    try:
+        import ahocorasick
+    except ImportError:  # pragma: no cover - a hard dependency; the slow path gives the same answers
+        ordered = tuple(sorted(anchor_set))
+        return lambda folded: {a for a in ordered if a in folded}
+    if not anchor_set:
+        return lambda folded: set()
+    automaton = ahocorasick.Automaton()
+    for a in anchor_set:
+        automaton.add_word(a, a)
+    automaton.make_automaton()
+    return lambda folded: {a for _, a in automaton.iter(folded)}
+
+
 class Classifier:
     """Primary + secondary intents, confidence, language and the cues that decided."""
 
@@ -491,6 +508,16 @@ class Classifier:
         self.model = model
         self.key = key
         self.cues: list[Cue] = [c for s in specs for c in s.cues]
+        # The anchor prefilter, asked once per text instead of once per cue: which of all
+        # the cues' anchors occur, found in one pass by an Aho-Corasick automaton (~6 µs
+        # for ~800 anchors; a substring search per anchor took ~110 µs, and asking each
+        # cue in turn ~130 µs of Python), then per cue a set test.
+        self._matchers: list[tuple[Cue, frozenset[str] | None, frozenset[str] | None]] = [
+            (c, None if c.anchors is None else frozenset(c.anchors), None if c.latin_anchors is None else frozenset(c.latin_anchors))
+            for c in self.cues if not c.override
+        ]
+        self._find_all = _anchor_finder({a for _, all_, _ in self._matchers if all_ for a in all_})
+        self._find_latin = _anchor_finder({a for _, _, lat in self._matchers if lat for a in lat})
         self.ready_seconds: float = 0.0
         self.from_cache: bool = False
 
@@ -571,10 +598,12 @@ class Classifier:
         negated: list[_Hit] = []
         folded = text.casefold()
         cjk = has_cjk(folded)
-        for cue in self.cues:
-            if cue.override:
-                continue
-            for m in cue.search_in(text, folded, cjk):
+        present = (self._find_all if cjk else self._find_latin)(folded)
+        for cue, all_, latin in self._matchers:
+            wanted = all_ if cjk else latin
+            if wanted is not None and wanted.isdisjoint(present):
+                continue  # no anchor of this cue occurs: its regex cannot match
+            for m in cue.pattern.finditer(text):
                 if m.end() == m.start():
                     continue
                 if _already_done(text, m.start(), m.end()) or _stated(text, m.start(), m.end()):
