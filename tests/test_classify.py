@@ -346,6 +346,17 @@ def test_asking_to_be_added_to_a_newsletter_is_not_a_withdrawal(clf: Classifier)
     assert c.intents == (Intent.OTHER,)
 
 
+def test_someone_who_did_not_send_the_request_is_not_answered_as_its_sender(clf: Classifier) -> None:
+    c = clf.classify("Hello, this morning I got an email saying you have received my request to delete my account. "
+                     "I didn't send this request. Please ignore it.", "I didn't send this request", "email")
+    assert c.intents == (Intent.OTHER,)
+
+
+def test_asking_to_see_ones_login_history_is_access(clf: Classifier) -> None:
+    c = clf.classify("can i see my login history somewhere?? think someone else has been logging into my account", channel="chat")
+    assert c.intent is Intent.ACCESS
+
+
 def test_cues_say_why(clf: Classifier) -> None:
     c = clf.classify("unsubscribe me from the newsletter")
     assert c.cues and any("withdrawal" in cue for cue in c.cues)

@@ -200,7 +200,7 @@ def _subject_for_model(subject: str) -> str:
 #: a follow-up that only chases an earlier, quoted request
 _CHASER = re.compile(
     r"\b(nobody|no one|no-one)\b[^.!?\n]{0,20}\b(has |have )?(replied|answered|responded|got back)|\bstill (waiting|no (reply|answer|response))\b"
-    r"|\b(haven't|have not|never) (heard back|had (a |any )?(reply|answer|response)|received (a |any )?(reply|answer|response))"
+    r"|\b(haven't|have not|never) (heard back|heard anything|had (a |any )?(reply|answer|response)|received (a |any )?(reply|answer|response))"
     r"|\b(following up|chasing|second request|reminder)\b|\b(message|mail|email|request) below\b|\bsee (my )?(message|mail|email|request )?below\b"
     r"|(没人|没有人|一直没|还没(有)?人?)(回复|回应|处理|答复)|(请|麻烦)?尽快处理|催一下|再次(来信|提醒|申请)|没有(任何)?(回复|回音|答复|消息)|没人理|石沉大海"
     r"|(まだ|いまだに)(返信|回答|連絡)|返信がありません|keine (antwort|rückmeldung)|noch (keine|nicht)\b.{0,20}(antwort|geantwortet|bearbeitet)"
