@@ -23,7 +23,6 @@ import fcntl
 import hashlib
 import json
 import logging
-import os
 import re
 import threading
 from collections.abc import Iterator
@@ -39,6 +38,7 @@ from privbot import audit, clock
 from privbot.classify.intents import add_example
 from privbot.config import Settings
 from privbot.domain import Intent, parse_ref
+from privbot.files import replace_durably
 from privbot.store.models import Ticket
 
 if TYPE_CHECKING:
@@ -56,16 +56,6 @@ def _locked(path: Path) -> Iterator[None]:
     with _lock, (path.parent / (path.name + ".lock")).open("a") as lock_file:
         fcntl.flock(lock_file, fcntl.LOCK_EX)
         yield
-
-
-def _rewrite(path: Path, lines: list[str]) -> None:
-    """Replace the queue with ``lines``, durably and all at once (the caller holds the lock)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        fh.writelines(lines)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def examples_path(settings: Settings) -> Path:
@@ -112,7 +102,7 @@ def forget(services: Services, cutoff: datetime) -> int:
         dropped = len(lines) - len(keep)
         if not dropped:
             return 0
-        _rewrite(path, keep)
+        replace_durably(path, "".join(keep))
     with services.db.transaction() as session:
         audit.record(session, "learned_examples_forgotten", count=dropped)
     log.info("retention: %d learned examples forgotten with their tickets", dropped)
@@ -225,7 +215,7 @@ def _decide(services: Services, example_id: str, decision: str, actor: str, text
                 add_example(target, example.lang, words)
             except ValueError as exc:  # IntentFileError: the file stays as it was, the example queued
                 raise ReviewError(str(exc)) from None
-        _rewrite(path, [kept for kept, _ in lines if kept is not line])
+        replace_durably(path, "".join(kept for kept, _ in lines if kept is not line))  # the lock is held
     with services.db.transaction() as session:
         # Who decided and what, never the words: the audit trail outlives the ticket.
         audit.record(session, f"learned_example_{decision}", actor=actor, ticket=example.row.get("ticket"),

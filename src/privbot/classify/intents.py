@@ -11,14 +11,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from privbot.classify.anchors import anchors, may_match
+from privbot.classify.anchors import anchors
 from privbot.domain import Intent
+from privbot.files import replace_durably
 
 
 #: Chinese and Japanese characters (kana, CJK ideographs and their extensions)
@@ -51,13 +51,6 @@ class Cue:
     def __post_init__(self) -> None:
         latin = None if self.anchors is None else tuple(a for a in self.anchors if not _CJK.search(a))
         object.__setattr__(self, "latin_anchors", latin)  # frozen: set once, here
-
-    def search_in(self, text: str, folded: str, cjk: bool = True):
-        """``finditer`` over ``text``, skipped when ``folded`` (its casefold) lacks every anchor;
-        ``cjk=False`` promises the text has no Chinese or Japanese character."""
-        if not may_match(self.anchors if cjk else self.latin_anchors, folded):
-            return ()
-        return self.pattern.finditer(text)
 
     @property
     def label(self) -> str:
@@ -191,10 +184,5 @@ def add_example(path: Path, lang: str, text: str) -> bool:
             raise ValueError
     except (tomllib.TOMLDecodeError, ValueError):
         raise IntentFileError(f"{path}: its layout is not the usual one; add the example by hand") from None
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        fh.write(edited)
-        fh.flush()
-        os.fsync(fh.fileno())  # on disk before the caller takes the correction off its queue
-    os.replace(tmp, path)
+    replace_durably(path, edited)  # on disk before the caller takes the correction off its queue
     return True
