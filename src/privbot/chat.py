@@ -109,7 +109,7 @@ class Strings:
     def __init__(self, services: Services, lang: str) -> None:
         self.lang = lang
         self._env = services.renderer.env
-        self._data = _load_strings(services.settings.templates_dir, lang)
+        self._data = strings.load(services.settings.templates_dir, "telegram", lang)
 
     def section(self, name: str) -> dict[str, str]:
         return self._data.get(name, {})
@@ -133,10 +133,6 @@ class Strings:
     def buttons(self) -> tuple[tuple[str, str], ...]:
         labels = self.section("buttons")
         return tuple((labels.get(str(i), str(i)), f"intent:{i}") for i in BUTTON_INTENTS)
-
-
-def _load_strings(templates_dir: Path, lang: str) -> dict[str, Any]:
-    return strings.load(templates_dir, "telegram", lang)
 
 
 def available_languages(templates_dir: Path) -> list[str]:

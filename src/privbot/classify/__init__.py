@@ -232,8 +232,10 @@ _NEG_BEFORE_ZH = re.compile(r"(不|(?<![识区特分类级告性])别|勿|没|�
 _NEG_INSIDE = re.compile(r"(不要|不用|不想|不需要|不必|(?:不|别|勿)(?=[注删关停销取撤])|しないで|しません|\bdon'?t\b|\bdo not\b|\bnot\b|\bnicht\b|\bpas\b|\bnão\b)", re.I)
 
 
+#: a kana or CJK ideograph, for the chat-sentence rules below
+_CJK_CHAR = r"[\u3040-\u30ff\u3400-\u9fff]"
 #: a space between Chinese or Japanese characters: a chat line's sentence boundary
-_CJK_SPACE = re.compile(r"(?<=[\u3040-\u30ff\u3400-\u9fff])\s+(?=[\u3040-\u30ff\u3400-\u9fff])")
+_CJK_SPACE = re.compile(rf"(?<={_CJK_CHAR})\s+(?={_CJK_CHAR})")
 
 
 def _clause_before(text: str, start: int) -> str:
@@ -362,7 +364,7 @@ _CLAUSE_SPLIT = re.compile(
     r"|\s+(?:und|sowie|außerdem|et|puis|ainsi que|y|además|e|também|além disso)\s+"
     # A list ("销户 + 删除全部数据"), and a space between Chinese or Japanese words, which
     # in a chat line is where one sentence ends and the next begins.
-    r"|\s*[+＋]\s*(?=[\u3040-\u30ff\u3400-\u9fff])|(?<=[\u3040-\u30ff\u3400-\u9fff])\s+(?=[\u3040-\u30ff\u3400-\u9fff])",
+    rf"|\s*[+＋]\s*(?={_CJK_CHAR})|{_CJK_SPACE.pattern}",
     re.I,
 )
 
