@@ -357,6 +357,59 @@ def test_asking_to_see_ones_login_history_is_access(clf: Classifier) -> None:
     assert c.intent is Intent.ACCESS
 
 
+@pytest.mark.parametrize(
+    "text",
+    ["if I close my account, will my invoices still be available?", "注销账号的话 之前买的会员还能退吗", "如果注销账号 会员还能退吗"],
+)
+def test_a_right_named_in_a_condition_is_a_question_not_a_request(clf: Classifier, text: str) -> None:
+    assert clf.classify(text, channel="chat").intents == (Intent.OTHER,)
+
+
+def test_a_request_after_a_condition_is_still_a_request(clf: Classifier) -> None:
+    # The condition only orders the steps: both rights are asked for.
+    c = clf.classify("我要注销账号，如果注销以后数据还在的话请一并删除", channel="email")
+    assert c.intents == (Intent.CANCELLATION, Intent.DELETION)
+
+
+def test_a_right_already_used_is_not_asked_for_again(clf: Classifier) -> None:
+    c = clf.classify("I already unsubscribed last month, thanks for the quick fix. One question about invoices: where do I find them?")
+    assert c.intents == (Intent.OTHER,)
+
+
+def test_i_do_not_consent_is_the_withdrawal_itself(clf: Classifier) -> None:
+    # "I" before the negation used to read as someone refusing a right.
+    assert intent(clf, "I do not consent to my screen being recorded during support sessions.") is Intent.WITHDRAWAL
+
+
+def test_two_requests_joined_by_a_plus_sign_are_both_found(clf: Classifier) -> None:
+    assert clf.classify("close acct + unsubscribe me from all emails", channel="chat").intents == (Intent.CANCELLATION, Intent.WITHDRAWAL)
+
+
+@pytest.mark.parametrize(
+    "text, wanted",
+    [
+        ("Please delete the bank account details you hold for my payouts.", Intent.DELETION),
+        ("please disable recording for my account", Intent.WITHDRAWAL),
+    ],
+)
+def test_a_bank_account_or_a_setting_for_the_account_is_not_the_account(clf: Classifier, text: str, wanted: Intent) -> None:
+    assert clf.classify(text, channel="chat").intents == (wanted,)
+
+
+@pytest.mark.parametrize(
+    "text, wanted",
+    [
+        ("我的资料能导出来吗", Intent.ACCESS),
+        ("推送太多了 帮我关掉", Intent.WITHDRAWAL),
+        ("号给我销了 不玩了", Intent.CANCELLATION),
+        ("那张截图能删不", Intent.DELETION),
+        ("出生日期填错了 改成1990", Intent.CORRECTION),
+    ],
+)
+def test_chinese_chat_asks_in_few_words(clf: Classifier, text: str, wanted: Intent) -> None:
+    assert clf.classify(text, channel="chat").intent is wanted
+
+
 def test_cues_say_why(clf: Classifier) -> None:
     c = clf.classify("unsubscribe me from the newsletter")
     assert c.cues and any("withdrawal" in cue for cue in c.cues)

@@ -271,7 +271,7 @@ def _negated(text: str, start: int, end: int) -> bool:
 
 
 #: what may come before a negation that opens a request ("以后也请不要…", "from now on don't…")
-_LEAD_IN = re.compile(r"(?:以后|今后|往后|从现在起|今後|也|请|請|还|再|please|and|from now on|in future|going forward|[\s,，])*", re.I)
+_LEAD_IN = re.compile(r"(?:以后|今后|往后|从现在起|今後|也|请|請|还|再|please|and|from now on|in future|going forward|\bi\b|\bwe\b|[\s,，])*", re.I)
 
 
 # A negation-led cue says what someone else does, not what the writer asks, when a
@@ -294,8 +294,34 @@ _DONE_BEFORE_ZH = re.compile(r"(已经|早已|早就)(?!决定|打算|准备|想
 _DONE_INSIDE_ZH = re.compile(r"(已经|已經|早已|早就)[被给]?(删|刪|注销|註銷|关|關|停|取消|撤回|退订|解绑|清)|[被將将]被?(冻结|凍結|停用|删|刪|注销|註銷|关闭|關閉|封)")
 
 
+#: "I already unsubscribed last week": the cue's verb right after "already" is done
+_DONE_BEFORE_EN = re.compile(r"\balready\s+$", re.I)
+
+
 def _already_done(text: str, start: int, end: int) -> bool:
-    return bool(_DONE_BEFORE_ZH.search(text[max(0, start - 12) : start]) or _DONE_INSIDE_ZH.search(text, start, end))
+    before = text[max(0, start - 12) : start]
+    return bool(_DONE_BEFORE_ZH.search(before) or _DONE_INSIDE_ZH.search(text, start, end) or _DONE_BEFORE_EN.search(before))
+
+
+# A right named in a condition or a weighing-up is a question about it, not a request:
+# "if I close my account, do I get a refund?", "注销账号的话会员费能退吗",
+# "一般注销以后数据会保留多久", "还没决定要不要注销".  "注销以后请删除我的数据" asks
+# for both: without a question in its sentence the condition is a request's order.
+_IF_BEFORE = re.compile(r"\bif (i|we)\s+$|(如果|要是|假如)我?\s*$|(要不要|是否要|该不该|該不該|还没决定|還沒決定|还没想好|還沒想好)\s*$", re.I)
+_THEN_AFTER_ZH = re.compile(r"^[^。！？\n]{0,4}?(的话|的話|以后|以後|之后|之後)")
+_QUESTION_ZH = re.compile(r"[吗嗎么麼？?]|多久|怎么|怎麼|会不会|會不會|能不能|还能|還能|是否|哪些|什么|什麼")
+#: a clause that opens as a condition: what follows it is the question or the request
+_CONDITION = re.compile(r"\s*(if (i|we)\b|如果|要是|假如)", re.I)
+
+
+def _hypothetical(text: str, start: int, end: int) -> bool:
+    if _IF_BEFORE.search(text[max(0, start - 12) : start]):
+        return True
+    then = _THEN_AFTER_ZH.search(text[end : end + 8])
+    if not then:
+        return False
+    sentence = re.split(r"[。！？!\n]", text[end + then.end() : end + then.end() + 30], maxsplit=1)[0]
+    return bool(_QUESTION_ZH.search(sentence))
 
 
 # --------------------------------------------------------------------------- clauses
@@ -364,7 +390,7 @@ _CLAUSE_SPLIT = re.compile(
     r"|\s+(?:und|sowie|außerdem|et|puis|ainsi que|y|además|e|também|além disso)\s+"
     # A list ("销户 + 删除全部数据"), and a space between Chinese or Japanese words, which
     # in a chat line is where one sentence ends and the next begins.
-    rf"|\s*[+＋]\s*(?={_CJK_CHAR})|{_CJK_SPACE.pattern}",
+    rf"|\s*[+＋]\s*(?={_CJK_CHAR})|\s+[+&＋]\s+|{_CJK_SPACE.pattern}",
     re.I,
 )
 
@@ -608,7 +634,7 @@ class Classifier:
             for m in cue.pattern.finditer(text):
                 if m.end() == m.start():
                     continue
-                if _already_done(text, m.start(), m.end()) or _stated(text, m.start(), m.end()):
+                if _already_done(text, m.start(), m.end()) or _stated(text, m.start(), m.end()) or _hypothetical(text, m.start(), m.end()):
                     continue
                 hit = _Hit(cue, m.start(), m.end(), m.group(0))
                 (negated if _negated(text, m.start(), m.end()) else hits).append(hit)
@@ -673,6 +699,8 @@ class Classifier:
                     continue  # "My account email is …": who is asking, not what
                 if cboost[j] <= 0 and not _ASKING.search(clause):
                     continue  # "avatar into the account.": a fragment that asks for nothing
+                if cboost[j] <= 0 and _CONDITION.match(clause):
+                    continue  # "if I close my account, …": the condition of a question
                 seen[it] = off
                 cues_out.append(f'{it}: clause "{clause[:60]}"')
         seen.setdefault(primary, -1)
