@@ -410,6 +410,27 @@ def test_chinese_chat_asks_in_few_words(clf: Classifier, text: str, wanted: Inte
     assert clf.classify(text, channel="chat").intent is wanted
 
 
+def test_a_refusal_carries_over_a_list_joined_by_or(clf: Classifier) -> None:
+    c = clf.classify("I'm not asking you to erase anything or close my account. I only want to see what data you hold about me.")
+    assert c.intents == (Intent.ACCESS,)
+
+
+def test_keep_it_no_more_reinforces_a_deletion(clf: Classifier) -> None:
+    # "不要再保留" after "删除" is the same request said twice, not a refusal of it.
+    c = clf.classify("我的旧邮箱已经停用了，请从系统里删除，不要再保留。", channel="email")
+    assert c.intent is Intent.DELETION
+
+
+def test_saying_what_one_is_not_asking_for_leaves_the_real_question(clf: Classifier) -> None:
+    c = clf.classify("先说明一下，我不是要删除账号。请问你们具体收集了我哪些设备信息？能列个清单吗？", channel="email")
+    assert c.intents == (Intent.ACCESS,)
+
+
+def test_product_news_in_a_consent_box_is_not_a_correction(clf: Classifier) -> None:
+    c = clf.classify("当初注册时勾选了“接收产品更新及优惠信息”，现在请撤回这项授权，不想再收到了。", channel="email")
+    assert c.intents == (Intent.WITHDRAWAL,)
+
+
 def test_cues_say_why(clf: Classifier) -> None:
     c = clf.classify("unsubscribe me from the newsletter")
     assert c.cues and any("withdrawal" in cue for cue in c.cues)

@@ -221,7 +221,8 @@ _NEG_BEFORE = re.compile(
 )
 _NEG_AFTER = re.compile(
     # "注销就不用了" (no need to close it), but not "销户，不用了" (close it: I'm not using it)
-    r"^[^.!?。！？;；\n]{0,6}(しないで|しません|せず|ではなく|じゃなく|は不要|不要|pas\b|nicht\b|no\b|(?<![，,\s])(不要|不用))",
+    # nor "请删除，不要再保留" (delete it, keep it no more)
+    r"^[^.!?。！？;；\n]{0,6}(しないで|しません|せず|ではなく|じゃなく|は不要|不要(?!再)|pas\b|nicht\b|no\b|(?<![，,\s])(不要(?!再)|不用))",
     re.I,
 )
 
@@ -255,12 +256,17 @@ def _clause_after(text: str, end: int) -> str:
     return text[end : gap.start() if gap else end + 12]
 
 
+#: a refusal carried over a list: "I am not asking you to delete anything or close my account"
+_NEG_OR_BEFORE = re.compile(r"\b(not|never|don'?t|do not|no need to)\b[^.!?;\n,]{0,40}\b(or|nor)\s+$", re.I)
+
+
 def _negated(text: str, start: int, end: int) -> bool:
     """Whether the cue found at ``start:end`` is refused rather than asked for."""
     before = _clause_before(text, start)
     inside = _NEG_INSIDE.search(text, start, end)
     return bool(
         _NEG_BEFORE.search(before)
+        or _NEG_OR_BEFORE.search(text[max(0, start - 60) : start])
         or _NEG_BEFORE_ZH.search(before[-6:])
         or _NEG_AFTER.search(_clause_after(text, end))
         # A cue that opens with the negation (after at most a "from now on") asks for
