@@ -431,6 +431,19 @@ def test_product_news_in_a_consent_box_is_not_a_correction(clf: Classifier) -> N
     assert c.intents == (Intent.WITHDRAWAL,)
 
 
+@pytest.mark.parametrize(
+    "text",
+    ["fermez mon compte svp, je ne l'utilise plus", "cierren mi cuenta, ya no la uso", "Ich bitte um die Schließung meines Nutzerkontos."],
+)
+def test_closing_the_account_in_the_imperative_and_as_a_noun(clf: Classifier, text: str) -> None:
+    assert clf.classify(text, channel="chat").intent is Intent.CANCELLATION
+
+
+def test_an_address_in_brackets_does_not_split_the_request(clf: Classifier) -> None:
+    c = clf.classify("Hiermit bitte ich Sie, mein Konto (m.weber@example.de) zu schließen und alle Daten zu löschen.")
+    assert c.intents == (Intent.CANCELLATION, Intent.DELETION)
+
+
 def test_cues_say_why(clf: Classifier) -> None:
     c = clf.classify("unsubscribe me from the newsletter")
     assert c.cues and any("withdrawal" in cue for cue in c.cues)

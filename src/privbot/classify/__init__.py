@@ -313,7 +313,7 @@ def _already_done(text: str, start: int, end: int) -> bool:
 # "if I close my account, do I get a refund?", "注销账号的话会员费能退吗",
 # "一般注销以后数据会保留多久", "还没决定要不要注销".  "注销以后请删除我的数据" asks
 # for both: without a question in its sentence the condition is a request's order.
-_IF_BEFORE = re.compile(r"\bif (i|we)\s+$|(如果|要是|假如)我?\s*$|(要不要|是否要|该不该|該不該|还没决定|還沒決定|还没想好|還沒想好)\s*$", re.I)
+_IF_BEFORE = re.compile(r"\bif (i|we)\s+$|\bsi (je |j'|on |yo )?$|\bse eu $|\b(wenn|falls) (ich|wir) (mein\w* |unser\w* )?$|(如果|要是|假如)我?\s*$|(要不要|是否要|该不该|該不該|还没决定|還沒決定|还没想好|還沒想好)\s*$", re.I)
 _THEN_AFTER_ZH = re.compile(r"^[^。！？\n]{0,4}?(的话|的話|以后|以後|之后|之後)")
 _QUESTION_ZH = re.compile(r"[吗嗎么麼？?]|多久|怎么|怎麼|会不会|會不會|能不能|还能|還能|是否|哪些|什么|什麼")
 #: a clause that opens as a condition: what follows it is the question or the request
@@ -385,7 +385,9 @@ _ASKING = re.compile(
 # address is what most correction requests carry).
 _ID_ASIDE = re.compile(
     r"\s?[（(]\s*(?:注册|註冊|登录|登入|账号|帳號|账户|帳戶|用户|用戶|邮箱|信箱|registered|account|login|user|e-?mail|username|customer|"
-    r"workspace|kundennummer|kundenkonto|konto|compte|identifiant|cuenta|conta|usuario|アカウント|登録)[^()（）\n]{0,20}[:：]\s*[^()（）\n]{1,60}[)）]",
+    r"workspace|kundennummer|kundenkonto|konto|compte|identifiant|cuenta|conta|usuario|アカウント|登録)[^()（）\n]{0,20}[:：]\s*[^()（）\n]{1,60}[)）]"
+    # a bare address in brackets: "mein WorksLink-Konto (k.h@example.de) zu schließen"
+    r"|\s?[（(]\s*[\w.+-]+@[\w-]+(?:\.[\w-]+)+\s*[)）]",
     re.I,
 )
 
