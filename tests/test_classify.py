@@ -444,6 +444,21 @@ def test_an_address_in_brackets_does_not_split_the_request(clf: Classifier) -> N
     assert c.intents == (Intent.CANCELLATION, Intent.DELETION)
 
 
+@pytest.mark.parametrize(
+    "text, intents",
+    [
+        ("Bonjour, merci de corriger mon prénom sur mon profil : c'est Hélène, pas Helene. Et supprimez aussi l'ancien numéro de fixe qui y figure.",
+         (Intent.CORRECTION, Intent.DELETION)),
+        ("Bitte ändern Sie die Firmenadresse im Konto auf Bahnhofstrasse 3, 6003 Luzern. Und bitte schicken Sie uns weder per Post noch per E-Mail Werbung.",
+         (Intent.CORRECTION, Intent.WITHDRAWAL)),
+        ("Cierren mi cuenta, por favor. Tampoco quiero recibir más correos promocionales.", (Intent.CANCELLATION, Intent.WITHDRAWAL)),
+        ("登録している携帯番号を削除してください。あと、営業の電話も止めてください。", (Intent.DELETION, Intent.WITHDRAWAL)),
+    ],
+)
+def test_a_second_request_in_a_smaller_language_is_found(clf: Classifier, text: str, intents: tuple[Intent, ...]) -> None:
+    assert clf.classify(text).intents == intents
+
+
 def test_cues_say_why(clf: Classifier) -> None:
     c = clf.classify("unsubscribe me from the newsletter")
     assert c.cues and any("withdrawal" in cue for cue in c.cues)
