@@ -459,6 +459,30 @@ def test_a_second_request_in_a_smaller_language_is_found(clf: Classifier, text: 
     assert clf.classify(text).intents == intents
 
 
+@pytest.mark.parametrize(
+    "text, subject",
+    [
+        ("Please end my Premium subscription when this billing period is over. I want to keep my free account.", "Cancel Premium plan, keep account"),
+        ("Hallo, bitte kündigen Sie mein Pro-Abo zum Monatsende. Das Konto möchte ich behalten.", "Pro-Abo kündigen"),
+        ("I deleted my account by accident this morning while tidying settings, can I get it back?", ""),
+    ],
+)
+def test_billing_and_a_slip_to_undo_are_not_requests(clf: Classifier, text: str, subject: str) -> None:
+    assert clf.classify(text, subject).intents == (Intent.OTHER,)
+
+
+@pytest.mark.parametrize(
+    "text, wanted",
+    [
+        ("本人依據個人資料保護法，請求查詢及閱覽貴公司保存之本人個人資料，並請提供複製本。", Intent.ACCESS),
+        ("個名串錯咗 應該係陳小明 唔該改返", Intent.CORRECTION),
+        ("號停用吧 凍結也行 反正不用了", Intent.CANCELLATION),
+    ],
+)
+def test_traditional_characters_and_cantonese(clf: Classifier, text: str, wanted: Intent) -> None:
+    assert clf.classify(text).intent is wanted
+
+
 def test_cues_say_why(clf: Classifier) -> None:
     c = clf.classify("unsubscribe me from the newsletter")
     assert c.cues and any("withdrawal" in cue for cue in c.cues)

@@ -202,7 +202,7 @@ _CHASER = re.compile(
     r"\b(nobody|no one|no-one)\b[^.!?\n]{0,20}\b(has |have )?(replied|answered|responded|got back)|\bstill (waiting|no (reply|answer|response))\b"
     r"|\b(haven't|have not|never) (heard back|heard anything|had (a |any )?(reply|answer|response)|received (a |any )?(reply|answer|response))"
     r"|\b(following up|chasing|second request|reminder)\b|\b(message|mail|email|request) below\b|\bsee (my )?(message|mail|email|request )?below\b"
-    r"|(没人|没有人|一直没|还没(有)?人?)(回复|回应|处理|答复)|(请|麻烦)?尽快处理|催一下|再次(来信|提醒|申请)|没有(任何)?(回复|回音|答复|消息)|没人理|石沉大海"
+    r"|(没人|没有人|一直没|还没(有)?人?)(回复|回应|处理|答复)|(请|麻烦)?尽快处理|催一下|赶紧处理|趕緊處理|快点处理|(怎么|怎麼)?(还没|還沒)(有)?(注销|註銷|删|刪|改好|退订|退訂|处理好|處理好)[^。！？\n]{0,4}[？?]|再次(来信|提醒|申请)|没有(任何)?(回复|回音|答复|消息)|没人理|石沉大海"
     r"|(まだ|いまだに)(返信|回答|連絡)|返信がありません|keine (antwort|rückmeldung)|noch (keine|nicht)\b.{0,20}(antwort|geantwortet|bearbeitet)"
     r"|toujours pas de (réponse|retour)|sans (réponse|nouvelles)|sin respuesta|sigo esperando|todavía no (he recibido|me han respondido)|sem resposta|ainda (aguardo|estou aguardando)",
     re.I,
@@ -214,8 +214,8 @@ _CHASER = re.compile(
 # A cue preceded (or, in Japanese/French, followed) by one of these within its clause
 # is a thing the person does NOT want: "don't close my account", "账号不要注销".
 _NEG_BEFORE = re.compile(
-    r"(\b(don'?t|do not|dont|not|never|no need to|without|rather than|instead of|isn'?t|aren'?t|nicht|kein\w*|ohne"
-    r"|ne|n'|pas|sans|no|sin|não|nao|sem|nem|ni)\b|不要|别|不用|不是|不想|无需|不必|先别|并非|而不是|不需要|暂时不|勿)"
+    r"(\b(don'?t|do not|dont|not|never|no need to|without|rather than|instead of|isn'?t|aren'?t|nicht|nichts|kein\w*|ohne"
+    r"|ne|n'|pas|sans|no|sin|não|nao|sem|nem|ni)\b|不要|别|不用|不是|不想|无需|不必|先别|并非|而不是|不需要|暂时不|勿|唔使|唔駛|唔好|毋須)"
     r"[^.!?。！？;；,，\n]{0,24}$",
     re.I,
 )
@@ -230,7 +230,7 @@ _NEG_AFTER = re.compile(
 # Chinese negates with a bare 不/别/没 right before the verb ("账号不注销"): a short window.
 _NEG_BEFORE_ZH = re.compile(r"(不|(?<![识区特分类级告性])别|勿|没|未)[^，。！？；,\n]{0,3}$")
 # A cue can span the negation itself: "账号不要注销", "account, don't close".
-_NEG_INSIDE = re.compile(r"(不要|不用|不想|不需要|不必|(?:不|别|勿)(?=[注删关停销取撤])|しないで|しません|\bdon'?t\b|\bdo not\b|\bnot\b|\bnicht\b|\bpas\b|\bnão\b)", re.I)
+_NEG_INSIDE = re.compile(r"(不要|不用|不想|不需要|不必|(?:不|别|勿)(?=[注删关停销取撤])|しないで|しません|\bdon'?t\b|\bdo not\b|\bnot\b|\bnicht\b|\bnichts\b|\bpas\b|\bnão\b)", re.I)
 
 
 #: a kana or CJK ideograph, for the chat-sentence rules below
@@ -295,7 +295,7 @@ def _stated(text: str, start: int, end: int) -> bool:
 # 却还在扣费", "不小心把录像删了", "确认我的录像已经删除了".  Chinese marks it with
 # 已经/早就 or 不小心 rather than a tense; other languages' past forms do not match the
 # cues' verbs in the first place ("I closed" is not "close").
-_DONE_BEFORE_ZH = re.compile(r"(已经|早已|早就)(?!决定|打算|准备|想|考虑)[^，。！？；,\n]{0,10}$|不小心[^，。！？；,\n]{0,10}$|[已误][^，。！？；,\n]?$")
+_DONE_BEFORE_ZH = re.compile(r"(已经|早已|早就)(?!决定|打算|准备|想|考虑)[^，。！？；,\n]{0,10}$|(不小心|手贱|手賤|手滑)[^，。！？；,\n]{0,10}$|[已误][^，。！？；,\n]?$")
 #: not "删除已经采集的照片"; "账号被冻结" / "將被刪除" happened (or will) to them, unasked
 _DONE_INSIDE_ZH = re.compile(r"(已经|已經|早已|早就)[被给]?(删|刪|注销|註銷|关|關|停|取消|撤回|退订|解绑|清)|[被將将]被?(冻结|凍結|停用|删|刪|注销|註銷|关闭|關閉|封)")
 
@@ -313,15 +313,17 @@ def _already_done(text: str, start: int, end: int) -> bool:
 # "if I close my account, do I get a refund?", "注销账号的话会员费能退吗",
 # "一般注销以后数据会保留多久", "还没决定要不要注销".  "注销以后请删除我的数据" asks
 # for both: without a question in its sentence the condition is a request's order.
-_IF_BEFORE = re.compile(r"\bif (i|we)\s+$|\bsi (je |j'|on |yo )?$|\bse eu $|\b(wenn|falls) (ich|wir) (mein\w* |unser\w* )?$|(如果|要是|假如)我?\s*$|(要不要|是否要|该不该|該不該|还没决定|還沒決定|还没想好|還沒想好)\s*$", re.I)
+_IF_BEFORE = re.compile(r"\bif (i|we)\s+$|\b(does|will|would) (that|this|it) (also )?$|(会不会|會不會)[^，。！？\n]{0,12}$|\bsi (je |j'|on |yo )?$|\bse eu $|\b(wenn|falls) (ich|wir) (mein\w* |unser\w* )?$|(如果|要是|假如)我?\s*$|(要不要|是否要|该不该|該不該|还没决定|還沒決定|还没想好|還沒想好)\s*$", re.I)
 _THEN_AFTER_ZH = re.compile(r"^[^。！？\n]{0,4}?(的话|的話|以后|以後|之后|之後)")
 _QUESTION_ZH = re.compile(r"[吗嗎么麼？?]|多久|怎么|怎麼|会不会|會不會|能不能|还能|還能|是否|哪些|什么|什麼")
+#: "清除缓存会不会把我的记录也删了": the question sits inside the cue's span
+_WHETHER_INSIDE = re.compile(r"会不会|會不會")
 #: a clause that opens as a condition: what follows it is the question or the request
 _CONDITION = re.compile(r"\s*(if (i|we)\b|如果|要是|假如)", re.I)
 
 
 def _hypothetical(text: str, start: int, end: int) -> bool:
-    if _IF_BEFORE.search(text[max(0, start - 12) : start]):
+    if _IF_BEFORE.search(text[max(0, start - 12) : start]) or _WHETHER_INSIDE.search(text, start, end):
         return True
     then = _THEN_AFTER_ZH.search(text[end : end + 8])
     if not then:
