@@ -483,6 +483,12 @@ def test_traditional_characters_and_cantonese(clf: Classifier, text: str, wanted
     assert clf.classify(text).intent is wanted
 
 
+def test_asking_to_undo_a_slip_stays_other_even_in_its_context(clf: Classifier) -> None:
+    # The slip (手滑 … 删了) is context for the deletion cue and must not silence the
+    # "other" cue (恢复) that says what is asked.
+    assert clf.classify("手滑把云端的录像删了 能恢复不 急", channel="chat").intents == (Intent.OTHER,)
+
+
 def test_cues_say_why(clf: Classifier) -> None:
     c = clf.classify("unsubscribe me from the newsletter")
     assert c.cues and any("withdrawal" in cue for cue in c.cues)

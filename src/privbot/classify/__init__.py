@@ -644,7 +644,12 @@ class Classifier:
             for m in cue.pattern.finditer(text):
                 if m.end() == m.start():
                     continue
-                if _already_done(text, m.start(), m.end()) or _stated(text, m.start(), m.end()) or _hypothetical(text, m.start(), m.end()):
+                # What happened, what others do, what would happen: context for a right,
+                # not a request for it.  An "other" cue there is just as much "other"
+                # ("手贱把录像删了 能恢复不" is asking to undo a slip).
+                if cue.intent is not Intent.OTHER and (
+                    _already_done(text, m.start(), m.end()) or _stated(text, m.start(), m.end()) or _hypothetical(text, m.start(), m.end())
+                ):
                     continue
                 hit = _Hit(cue, m.start(), m.end(), m.group(0))
                 (negated if _negated(text, m.start(), m.end()) else hits).append(hit)
