@@ -322,13 +322,18 @@ _WHETHER_INSIDE = re.compile(r"会不会|會不會")
 _CONDITION = re.compile(r"\s*(if (i|we)\b|如果|要是|假如)", re.I)
 
 
+_SENTENCE_STOP_ZH = re.compile(r"[。！？!\n]")
+
+
 def _hypothetical(text: str, start: int, end: int) -> bool:
+    """Whether the cue at ``start:end`` names a right only as a condition or in a
+    question about its consequences ("if I close…", "注销的话…吗", "会不会…删了")."""
     if _IF_BEFORE.search(text[max(0, start - 12) : start]) or _WHETHER_INSIDE.search(text, start, end):
         return True
     then = _THEN_AFTER_ZH.search(text[end : end + 8])
     if not then:
         return False
-    sentence = re.split(r"[。！？!\n]", text[end + then.end() : end + then.end() + 30], maxsplit=1)[0]
+    sentence = _SENTENCE_STOP_ZH.split(text[end + then.end() : end + then.end() + 30], maxsplit=1)[0]
     return bool(_QUESTION_ZH.search(sentence))
 
 
