@@ -489,6 +489,28 @@ def test_asking_to_undo_a_slip_stays_other_even_in_its_context(clf: Classifier) 
     assert clf.classify("手滑把云端的录像删了 能恢复不 急", channel="chat").intents == (Intent.OTHER,)
 
 
+@pytest.mark.parametrize(
+    "text, wanted",
+    [
+        ("上周远程的会话有存下来吗 想看一下回放", Intent.ACCESS),
+        ("推广推送老是弹 给我关了", Intent.WITHDRAWAL),
+        ("短信订阅取消一下 验证码照常发", Intent.WITHDRAWAL),
+        ("你们存的我电脑的序列号这些清掉", Intent.DELETION),
+        ("公司不做了 企业账号直接关了吧", Intent.CANCELLATION),
+    ],
+)
+def test_more_chinese_chat_wording(clf: Classifier, text: str, wanted: Intent) -> None:
+    assert clf.classify(text, channel="chat").intent is wanted
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["麻烦取消专业版的自动续订，帐号保留", "推送我已经在设置里自己关掉了 就说一声 不用回"],
+)
+def test_a_renewal_or_a_done_setting_is_not_a_request(clf: Classifier, text: str) -> None:
+    assert clf.classify(text, channel="chat").intents == (Intent.OTHER,)
+
+
 def test_cues_say_why(clf: Classifier) -> None:
     c = clf.classify("unsubscribe me from the newsletter")
     assert c.cues and any("withdrawal" in cue for cue in c.cues)

@@ -297,7 +297,7 @@ def _stated(text: str, start: int, end: int) -> bool:
 # cues' verbs in the first place ("I closed" is not "close").
 _DONE_BEFORE_ZH = re.compile(r"(已经|早已|早就)(?!决定|打算|准备|想|考虑)[^，。！？；,\n]{0,10}$|(不小心|手贱|手賤|手滑)[^，。！？；,\n]{0,10}$|[已误][^，。！？；,\n]?$")
 #: not "删除已经采集的照片"; "账号被冻结" / "將被刪除" happened (or will) to them, unasked
-_DONE_INSIDE_ZH = re.compile(r"(已经|已經|早已|早就)[被给]?(删|刪|注销|註銷|关|關|停|取消|撤回|退订|解绑|清)|[被將将]被?(冻结|凍結|停用|删|刪|注销|註銷|关闭|關閉|封)")
+_DONE_INSIDE_ZH = re.compile(r"(已经|已經|早已|早就)[被给]?(删|刪|注销|註銷|关|關|停|取消|撤回|退订|解绑|清)|(已经|已經|早已|早就)(?!决定|決定|打算|准备|準備|想|考虑|考慮)[^，。！？\n]{1,8}(关掉|關掉|删掉|刪掉|取消|退订|退訂)|[被將将]被?(冻结|凍結|停用|删|刪|注销|註銷|关闭|關閉|封)")
 
 
 #: "I already unsubscribed last week": the cue's verb right after "already" is done
