@@ -409,6 +409,10 @@ def test_a_bank_account_or_a_setting_for_the_account_is_not_the_account(clf: Cla
         ("短信订阅取消一下 验证码照常发", Intent.WITHDRAWAL),
         ("你们存的我电脑的序列号这些清掉", Intent.DELETION),
         ("公司不做了 企业账号直接关了吧", Intent.CANCELLATION),
+        # "是X 不是Y" says which value is right; the 不是 refuses nothing
+        ("手机号少打了一位 是13800138000 不是1380013800 给改下呗", Intent.CORRECTION),
+        ("只删那几段录屏就行 账号还要用", Intent.DELETION),
+        ("去年的客服通话录音 可以提供给我一份吗", Intent.ACCESS),
     ],
 )
 def test_chinese_chat_asks_in_few_words(clf: Classifier, text: str, wanted: Intent) -> None:
@@ -500,6 +504,10 @@ def test_asking_to_undo_a_slip_stays_other_even_in_its_context(clf: Classifier) 
 )
 def test_a_renewal_or_a_done_setting_is_not_a_request(clf: Classifier, text: str) -> None:
     assert clf.classify(text, channel="chat").intents == (Intent.OTHER,)
+
+
+def test_logging_out_is_not_closing_the_account(clf: Classifier) -> None:
+    assert clf.classify("电脑上的客户端怎么注销登录 要换成公司的号", channel="chat").intents == (Intent.OTHER,)
 
 
 def test_cues_say_why(clf: Classifier) -> None:

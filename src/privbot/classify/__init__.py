@@ -215,7 +215,7 @@ _CHASER = re.compile(
 # is a thing the person does NOT want: "don't close my account", "账号不要注销".
 _NEG_BEFORE = re.compile(
     r"(\b(don'?t|do not|dont|not|never|no need to|without|rather than|instead of|isn'?t|aren'?t|nicht|nichts|kein\w*|ohne"
-    r"|ne|n'|pas|sans|no|sin|não|nao|sem|nem|ni)\b|不要|别|不用|不是|不想|无需|不必|先别|并非|而不是|不需要|暂时不|勿|唔使|唔駛|唔好|毋須)"
+    r"|ne|n'|pas|sans|no|sin|não|nao|sem|nem|ni)\b|不要|别|不用|不想|无需|不必|先别|并非|而不是|不需要|暂时不|勿|唔使|唔駛|唔好|毋須)"
     r"[^.!?。！？;；,，\n]{0,24}$",
     re.I,
 )
